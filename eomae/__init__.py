@@ -1,0 +1,1 @@
+"""The eomae application layer: the command line that chains the stages."""

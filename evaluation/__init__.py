@@ -1,0 +1,1 @@
+"""Evaluation: probes, fine-tuning, benchmark readers, reports (issue 9)."""

@@ -1,0 +1,1 @@
+"""The data sources eomae reads: one module per source, defined once."""
