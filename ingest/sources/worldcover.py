@@ -1,0 +1,36 @@
+"""ESA WorldCover 10 m as Planetary Computer publishes it: collection, asset, class table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COLLECTION = "esa-worldcover"
+ASSET = "map"
+RESOLUTION_DEG = 1 / 12000  # ~10 m at the equator
+NODATA = 0
+
+
+@dataclass(frozen=True)
+class LandCoverClass:
+    """One WorldCover class: its code in the product, name and the official colour."""
+
+    code: int
+    name: str
+    color: str
+
+
+CLASSES: tuple[LandCoverClass, ...] = (
+    LandCoverClass(10, "Tree cover", "#006400"),
+    LandCoverClass(20, "Shrubland", "#ffbb22"),
+    LandCoverClass(30, "Grassland", "#ffff4c"),
+    LandCoverClass(40, "Cropland", "#f096ff"),
+    LandCoverClass(50, "Built-up", "#fa0000"),
+    LandCoverClass(60, "Bare / sparse vegetation", "#b4b4b4"),
+    LandCoverClass(70, "Snow and ice", "#f0f0f0"),
+    LandCoverClass(80, "Permanent water bodies", "#0064c8"),
+    LandCoverClass(90, "Herbaceous wetland", "#0096a0"),
+    LandCoverClass(95, "Mangroves", "#00cf75"),
+    LandCoverClass(100, "Moss and lichen", "#fae6a0"),
+)
+CODES: tuple[int, ...] = tuple(c.code for c in CLASSES)
+BY_CODE: dict[int, LandCoverClass] = {c.code: c for c in CLASSES}
