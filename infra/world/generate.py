@@ -1,0 +1,365 @@
+"""`eomae world`: generate the sample world on disk.
+
+Layout of a world directory (the contract `infra.services` serves):
+
+    world.json                      marker: generator version, config, fingerprint
+    truth.json                      ground truth: tiles, scenes, points, markers
+    truth/landcover.tif             master land cover, EPSG:4326 (what WorldCover tiles crop)
+    truth/elevation.tif             master elevation, EPSG:4326
+    stac/catalog.json               self-contained static STAC catalog, relative hrefs
+    stac/<collection>/<item>/<item>.json
+    data/<collection>/<item>/<asset>.tif
+
+The world is written to a temporary sibling directory and renamed into place, so a
+crash never leaves a half-written world that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pystac
+from affine import Affine
+from pyproj import Transformer
+from scipy import ndimage
+
+from infra.world.cog import write_cog
+from infra.world.config import WorldConfig
+from infra.world.landscape import SIGNATURES, Landscape, build_landscape
+from infra.world.layout import (
+    AUX_TILE_DEG,
+    TileGrid,
+    acquisitions,
+    aux_tiles,
+    region_bounds,
+    tile_grids,
+)
+from infra.world.sentinel2 import MARKER_SPECTRUM, Marker, render_scene, tile_surface
+from infra.world.stac import (
+    collection,
+    dem_item,
+    sentinel2_item,
+    sentinel2_item_id,
+    worldcover_item,
+)
+from ingest.sources import dem, sentinel2, worldcover
+
+log = logging.getLogger(__name__)
+
+GENERATOR_VERSION = 1
+MARKER_FILE = "world.json"
+TRUTH_FILE = "truth.json"
+RELATIVE_ORBIT = 65
+Progress = Callable[[str, int, int], None]
+
+
+class WorldError(ValueError):
+    """A world directory that cannot be used or written."""
+
+
+def fingerprint(cfg: WorldConfig) -> str:
+    """Identifies what a world contains: same config and generator give the same bytes."""
+    payload = json.dumps({"v": GENERATOR_VERSION, "config": cfg.model_dump()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def read_marker(world_dir: Path) -> dict[str, Any] | None:
+    """The world.json of `world_dir`, or None if it is not an eomae world."""
+    path = world_dir / MARKER_FILE
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return marker if isinstance(marker, dict) and marker.get("eomae_world") == 1 else None
+
+
+def generate_world(
+    out_dir: Path, cfg: WorldConfig, *, force: bool = False, progress: Progress | None = None
+) -> bool:
+    """Generate the world into `out_dir`. Returns False when an identical world was there.
+
+    An existing world with another config is replaced; any other non-empty directory is
+    refused rather than overwritten.
+    """
+    out_dir = Path(out_dir)
+    marker = read_marker(out_dir)
+    if out_dir.exists() and marker is None and any(out_dir.iterdir()):
+        raise WorldError(
+            f"{out_dir} exists, is not empty and is not an eomae world (no {MARKER_FILE}); "
+            "refusing to overwrite it: choose another directory"
+        )
+    if marker and marker.get("fingerprint") == fingerprint(cfg) and not force:
+        log.info("world in %s is up to date (fingerprint %s)", out_dir, marker["fingerprint"])
+        return False
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        _write_world(tmp, cfg, progress or (lambda *_: None))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
+
+
+def _rng(cfg: WorldConfig, *key: int) -> np.random.Generator:
+    """Independent streams per component, so adding dates does not change the terrain."""
+    return np.random.default_rng([cfg.seed, *key])
+
+
+def _write_world(root: Path, cfg: WorldConfig, progress: Progress) -> None:
+    grids = tile_grids(cfg)
+    acqs = acquisitions(cfg)
+    region = region_bounds(grids)
+    total = len(grids) * len(acqs) + 3
+    step = 0
+    progress("terrain and land cover", step, total)
+    landscape = build_landscape(region, _rng(cfg, 1))
+
+    items: list[dict[str, Any]] = []
+    truth_tiles = []
+    markers_all: list[dict[str, Any]] = []
+    points: list[dict[str, Any]] = []
+    for t, tile in enumerate(grids):
+        markers = _place_markers(tile, cfg.markers_per_tile, _rng(cfg, 2, t))
+        markers_all += [{**asdict(m), "tile": tile.mgrs} for m in markers]
+        points += _ground_points(tile, landscape, cfg.points_per_tile, _rng(cfg, 3, t))
+    all_markers = [Marker(m["lon"], m["lat"], m["size_m"]) for m in markers_all]
+
+    for t, tile in enumerate(grids):
+        surface = tile_surface(tile, landscape, all_markers)
+        scenes = []
+        for d, acq in enumerate(acqs):
+            step += 1
+            progress(f"Sentinel-2 {tile.mgrs} {acq.when:%Y-%m-%d}", step, total)
+            rng = _rng(cfg, 4, t, d)
+            cloud_target, swath_cut = _scene_conditions(t, d, len(acqs), rng)
+            scene = render_scene(tile, surface, acq, rng, cloud_target, swath_cut)
+            platform = "S2A" if d % 2 == 0 else "S2B"
+            item_id = sentinel2_item_id(tile, acq, platform, RELATIVE_ORBIT)
+            folder = root / "data" / sentinel2.COLLECTION / item_id
+            hrefs = {}
+            for band in sentinel2.BANDS:
+                path = folder / f"{band.name}.tif"
+                write_cog(
+                    path,
+                    scene.bands[band.name],
+                    crs=f"EPSG:{tile.epsg}",
+                    transform=tile.transform(band.resolution_m),
+                    nodata=sentinel2.NODATA,
+                )
+                hrefs[band.name] = str(path)
+            path = folder / f"{sentinel2.SCL_ASSET}.tif"
+            write_cog(
+                path,
+                scene.scl,
+                crs=f"EPSG:{tile.epsg}",
+                transform=tile.transform(sentinel2.SCL_RESOLUTION_M),
+                nodata=0,
+                categorical=True,
+            )
+            hrefs[sentinel2.SCL_ASSET] = str(path)
+            stats = {
+                "cloud_cover": scene.cloud_cover,
+                "nodata_percentage": scene.nodata_percentage,
+                "shadow_percentage": scene.shadow_percentage,
+            }
+            items.append(
+                sentinel2_item(tile, acq, platform=platform, orbit=RELATIVE_ORBIT, hrefs=hrefs,
+                               stats=stats)
+            )
+            scenes.append(
+                {"item_id": item_id, "datetime": items[-1]["properties"]["datetime"],
+                 "baseline": acq.baseline, "swath_cut": swath_cut, **stats}
+            )
+        truth_tiles.append(
+            {
+                "mgrs": tile.mgrs,
+                "epsg": tile.epsg,
+                "transform": list(tile.transform())[:6],
+                "shape": list(tile.shape()),
+                "bbox": list(tile.footprint().bounds),
+                "scenes": scenes,
+            }
+        )
+
+    step += 1
+    progress("Copernicus DEM and WorldCover tiles", step, total)
+    aux = _write_aux(root, landscape, region)
+    items += aux
+
+    step += 1
+    progress("ground truth and STAC catalog", step, total)
+    _write_truth_rasters(root, landscape)
+    _write_catalog(root, items, region, acqs)
+    truth = {
+        "region": list(region),
+        "crs": "EPSG:4326 for lon/lat; tiles in their own UTM EPSG",
+        "master": {
+            "transform": list(landscape.transform)[:6],
+            "shape": list(landscape.landcover.shape),
+            "landcover": "truth/landcover.tif",
+            "elevation": "truth/elevation.tif",
+        },
+        "tiles": truth_tiles,
+        "dem_items": [i["id"] for i in aux if i["collection"] == dem.COLLECTION],
+        "worldcover_items": [i["id"] for i in aux if i["collection"] == worldcover.COLLECTION],
+        "points": points,
+        "markers": markers_all,
+        "marker_reflectance": MARKER_SPECTRUM.astype(int).tolist(),
+        "signatures": {str(k): list(v) for k, v in SIGNATURES.items()},
+        "cloud_cover_definition": "percent of non-nodata SCL pixels in classes 8, 9, 10",
+    }
+    (root / TRUTH_FILE).write_text(json.dumps(truth, indent=1))
+    marker = {
+        "eomae_world": 1,
+        "generator_version": GENERATOR_VERSION,
+        "fingerprint": fingerprint(cfg),
+        "config": cfg.model_dump(),
+    }
+    # Written last: its presence means the world is complete.
+    (root / MARKER_FILE).write_text(json.dumps(marker, indent=1))
+    step += 1
+    progress("done", step, total)
+
+
+def _scene_conditions(
+    tile: int, date: int, n_dates: int, rng: np.random.Generator
+) -> tuple[float, float | None]:
+    """Cloud fraction and swath edge of a scene: mostly random, with guaranteed extremes.
+
+    Every tile's first date is nearly clear and the first tile's last date is mostly
+    cloudy, so both ends of a cloud filter have something to select; a quarter of the
+    scenes (and always tile 0, date 1) lie at a swath edge with a nodata margin.
+    """
+    cloud = float(rng.beta(0.6, 1.4))
+    if date == 0:
+        cloud = 0.02
+    elif tile == 0 and date == n_dates - 1:
+        cloud = 0.8
+    edge = (tile == 0 and date == 1) or rng.random() < 0.25
+    cut = float(rng.uniform(0.85, 1.05)) if edge else None
+    return cloud, cut
+
+
+def _place_markers(tile: TileGrid, n: int, rng: np.random.Generator) -> list[Marker]:
+    """Markers centred on the tile's 60 m grid, away from edges and from each other."""
+    to_lonlat = Transformer.from_crs(tile.epsg, 4326, always_xy=True)
+    cells = tile.size * 10 // 60
+    margin = 10  # 600 m
+    chosen: list[tuple[float, float]] = []
+    while len(chosen) < n:
+        i, j = rng.integers(margin, cells - margin, size=2)
+        x, y = tile.left + 60.0 * i, tile.top - 60.0 * j
+        if all(np.hypot(x - a, y - b) > 800 for a, b in chosen):
+            chosen.append((x, y))
+    return [Marker(*map(float, to_lonlat.transform(x, y))) for x, y in chosen]
+
+
+def _ground_points(
+    tile: TileGrid, landscape: Landscape, n: int, rng: np.random.Generator
+) -> list[dict[str, Any]]:
+    """Points in homogeneous land cover (same class over ~80 m) well inside the tile."""
+    lc = landscape.landcover
+    uniform = ndimage.maximum_filter(lc, 13) == ndimage.minimum_filter(lc, 13)
+    inner = tile.footprint().buffer(-0.004).bounds
+    inv = ~landscape.transform
+    c0, r0 = inv * (inner[0], inner[3])
+    c1, r1 = inv * (inner[2], inner[1])
+    window = uniform[int(r0) : int(r1), int(c0) : int(c1)]
+    rows, cols = np.nonzero(window)
+    pick = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
+    out = []
+    for k in pick:
+        r, c = rows[k] + int(r0), cols[k] + int(c0)
+        lon, lat = landscape.transform * (c + 0.5, r + 0.5)
+        out.append(
+            {
+                "lon": float(lon),
+                "lat": float(lat),
+                "landcover": int(lc[r, c]),
+                "elevation": float(landscape.elevation[r, c]),
+                "tile": tile.mgrs,
+            }
+        )
+    return out
+
+
+def _write_aux(root: Path, landscape: Landscape, region: tuple[float, ...]) -> list[dict]:
+    """DEM tiles (1 arc-second, one pixel of overlap east and south) and WorldCover tiles."""
+    items = []
+    n_dem = round(AUX_TILE_DEG / dem.RESOLUTION_DEG)
+    n_wc = round(AUX_TILE_DEG / worldcover.RESOLUTION_DEG)
+    inv = ~landscape.transform
+    for lon, lat in aux_tiles(region):
+        north = lat + AUX_TILE_DEG
+        # DEM: evaluate the terrain at each DEM pixel centre.
+        transform = Affine(dem.RESOLUTION_DEG, 0, lon, 0, -dem.RESOLUTION_DEG, north)
+        shape = (n_dem + 1, n_dem + 1)
+        cols, rows = np.meshgrid(np.arange(shape[1]) + 0.5, np.arange(shape[0]) + 0.5)
+        plon, plat = transform * (cols, rows)
+        _, elev, _ = landscape.sample(plon, plat)
+        item = dem_item(lon, lat, "", transform, shape)
+        path = root / "data" / dem.COLLECTION / f"{item['id']}.tif"
+        write_cog(path, elev, crs="EPSG:4326", transform=transform, nodata=None)
+        item["assets"][dem.ASSET]["href"] = str(path)
+        items.append(item)
+        # WorldCover: a crop of the master land cover, which shares its grid.
+        transform = Affine(worldcover.RESOLUTION_DEG, 0, lon, 0, -worldcover.RESOLUTION_DEG, north)
+        c, r = (round(v) for v in inv * (lon, north))
+        crop = landscape.landcover[r : r + n_wc, c : c + n_wc]
+        item = worldcover_item(lon, lat, "", transform, crop.shape)
+        path = root / "data" / worldcover.COLLECTION / f"{item['id']}_Map.tif"
+        write_cog(
+            path, crop, crs="EPSG:4326", transform=transform, nodata=worldcover.NODATA,
+            categorical=True,
+        )
+        item["assets"][worldcover.ASSET]["href"] = str(path)
+        items.append(item)
+    return items
+
+
+def _write_truth_rasters(root: Path, landscape: Landscape) -> None:
+    write_cog(root / "truth" / "landcover.tif", landscape.landcover, crs="EPSG:4326",
+              transform=landscape.transform, nodata=worldcover.NODATA, categorical=True)
+    write_cog(root / "truth" / "elevation.tif", landscape.elevation, crs="EPSG:4326",
+              transform=landscape.transform, nodata=None)
+
+
+def _write_catalog(root: Path, items: list[dict], region: tuple[float, ...], acqs: list) -> None:
+    catalog = pystac.Catalog(
+        id="eomae-sample-world",
+        description="The eomae sample world: synthetic Sentinel-2 L2A, Copernicus DEM and "
+        "ESA WorldCover, shaped like Planetary Computer's collections.",
+    )
+    start = acqs[0].when.strftime("%Y-%m-%dT00:00:00Z")
+    end = acqs[-1].when.strftime("%Y-%m-%dT23:59:59Z")
+    spans = {
+        sentinel2.COLLECTION: (start, end),
+        dem.COLLECTION: ("2021-04-22T00:00:00Z", "2021-04-22T00:00:00Z"),
+        worldcover.COLLECTION: ("2021-01-01T00:00:00Z", "2021-12-31T23:59:59Z"),
+    }
+    for cid, (t0, t1) in spans.items():
+        coll = pystac.Collection.from_dict(collection(cid, list(region), t0, t1))
+        for item in items:
+            if item["collection"] == cid:
+                coll.add_item(pystac.Item.from_dict(item))
+        catalog.add_child(coll)
+    catalog.normalize_hrefs(str(root / "stac"))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)

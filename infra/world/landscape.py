@@ -1,0 +1,158 @@
+"""The ground truth of the sample world: terrain, land cover and how each surface reflects.
+
+Everything is generated once on a geographic master grid (EPSG:4326 at WorldCover's
+1/12000°) from smooth random fields, so every product rendered from it (Sentinel-2 in
+two UTM zones, the DEM, WorldCover) shows the same ground. The structure is what a model
+can learn: elevation decides the broad land-cover zones (valleys of crops, towns and
+lakes, forested slopes, alpine meadows, bare rock and snow on top), moisture and
+cultivation fields decide between neighbours, and each class has its own spectrum,
+modulated by season and terrain illumination.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from affine import Affine
+from scipy import ndimage
+
+from ingest.sources import worldcover
+
+MASTER_RES_DEG = worldcover.RESOLUTION_DEG
+SUN_AZIMUTH_DEG = 150.0  # a 10:20 overpass in the Alps: sun in the south-east
+SUN_ELEVATION_DEG = 40.0
+
+# Surface reflectance x 10^4 per class, in ingest.sources.sentinel2.BANDS order
+# (B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12); typical library spectra.
+SIGNATURES: dict[int, tuple[int, ...]] = {
+    10: (250, 300, 500, 300, 800, 2200, 2800, 3000, 3100, 3000, 1500, 700),  # tree cover
+    20: (400, 450, 700, 700, 1200, 2000, 2400, 2600, 2700, 2600, 2400, 1500),  # shrubland
+    30: (350, 400, 800, 600, 1300, 2800, 3300, 3500, 3600, 3400, 2300, 1300),  # grassland
+    40: (400, 500, 850, 800, 1400, 2600, 3000, 3300, 3400, 3200, 2600, 1600),  # cropland
+    50: (1200, 1300, 1400, 1500, 1600, 1700, 1800, 1900, 1950, 1900, 2200, 2000),  # built-up
+    60: (1400, 1600, 1900, 2300, 2500, 2600, 2700, 2800, 2850, 2800, 3300, 2800),  # bare
+    70: (8500, 8800, 8700, 8500, 8300, 8000, 7800, 7500, 7200, 6500, 800, 600),  # snow, ice
+    80: (600, 550, 450, 250, 200, 150, 120, 100, 90, 70, 30, 20),  # water
+    90: (400, 450, 650, 500, 1000, 1800, 2100, 2200, 2250, 2100, 1300, 700),  # wetland
+    95: (250, 300, 550, 300, 900, 2400, 3000, 3200, 3300, 3100, 1400, 600),  # mangroves
+    100: (800, 900, 1100, 1200, 1500, 1800, 2000, 2100, 2150, 2100, 2400, 1800),  # moss, lichen
+}
+VEGETATION = frozenset({10, 20, 30, 40, 90, 95})
+# Bands whose reflectance follows the green-up of vegetation (red edge and NIR).
+SEASONAL_BANDS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0], dtype=bool)
+
+
+@dataclass(frozen=True)
+class Landscape:
+    """Master rasters on a north-up EPSG:4326 grid."""
+
+    transform: Affine
+    landcover: np.ndarray  # [H, W] uint8 WorldCover codes
+    elevation: np.ndarray  # [H, W] float32 metres
+    shading: np.ndarray  # [H, W] float32 illumination factor, 1 on flat ground
+
+    def _pixel_coords(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        col, row = ~self.transform * (lon, lat)
+        return np.stack([np.asarray(row) - 0.5, np.asarray(col) - 0.5])  # centre-based
+
+    def sample(
+        self, lon: np.ndarray, lat: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Land cover (nearest), elevation and shading (bilinear) at lon/lat points."""
+        coords = self._pixel_coords(lon, lat)
+        lc = ndimage.map_coordinates(self.landcover, coords, order=0, mode="nearest")
+        elev = ndimage.map_coordinates(self.elevation, coords, order=1, mode="nearest")
+        shade = ndimage.map_coordinates(self.shading, coords, order=1, mode="nearest")
+        return lc.astype(np.uint8), elev.astype(np.float32), shade.astype(np.float32)
+
+
+def smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian-filtered white noise, standardised to zero mean and unit variance.
+
+    Filtered on a grid coarser by ~sigma/8 and interpolated back: the same spectrum at a
+    fraction of the cost of filtering the full grid with a wide kernel.
+    """
+    step = max(1, int(sigma // 8))
+    coarse = (shape[0] // step + 3, shape[1] // step + 3)
+    field = ndimage.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32), sigma / step)
+    rows = np.arange(shape[0], dtype=np.float32) / step + 1
+    cols = np.arange(shape[1], dtype=np.float32) / step + 1
+    field = ndimage.map_coordinates(field, np.meshgrid(rows, cols, indexing="ij"), order=3)
+    return ((field - field.mean()) / field.std()).astype(np.float32)
+
+
+def build_landscape(
+    region: tuple[float, float, float, float], rng: np.random.Generator
+) -> Landscape:
+    """Generate terrain and land cover for `region` (west, south, east, north in degrees)."""
+    west, south, east, north = region
+    width = round((east - west) / MASTER_RES_DEG)
+    height = round((north - south) / MASTER_RES_DEG)
+    transform = Affine(MASTER_RES_DEG, 0.0, west, 0.0, -MASTER_RES_DEG, north)
+    shape = (height, width)
+
+    # Terrain: broad massifs plus ridges; sigma in master pixels (~6-9 m each).
+    z = 0.8 * smooth_noise(shape, 220, rng) + 0.35 * smooth_noise(shape, 60, rng)
+    moisture = smooth_noise(shape, 70, rng)
+    cultivation = smooth_noise(shape, 90, rng)
+    urban = smooth_noise(shape, 35, rng)
+    elevation = (1500.0 + 650.0 * z).astype(np.float32)
+    landcover = classify(elevation, moisture, cultivation, urban)
+    elevation[landcover == 80] = np.percentile(elevation, 7)  # lakes are flat
+    shading = hillshade(elevation, south + (north - south) / 2)
+    return Landscape(transform, landcover, elevation, shading)
+
+
+def classify(
+    elevation: np.ndarray, moisture: np.ndarray, cultivation: np.ndarray, urban: np.ndarray
+) -> np.ndarray:
+    """Alpine zonation by elevation quantiles, refined by moisture, fields and towns."""
+    q = {p: np.percentile(elevation, p) for p in (7, 30, 45, 75, 86, 94)}
+    lc = np.full(elevation.shape, 30, dtype=np.uint8)  # grassland by default
+    lc[(elevation < q[75]) & (moisture > -0.4)] = 10  # forested slopes
+    lc[(elevation < q[45]) & (cultivation > 0.2)] = 40  # valley fields
+    lc[(elevation >= q[75]) & (elevation < q[86]) & (moisture < -0.2)] = 20  # shrubs
+    lc[elevation >= q[86]] = 60  # bare rock and scree
+    lc[(elevation >= q[86]) & (moisture > 0.7)] = 100  # moss and lichen
+    lc[elevation >= q[94]] = 70  # snow and ice
+    lc[(elevation < q[30]) & (urban > 1.5)] = 50  # towns in the valleys
+    water = elevation < q[7]
+    near_water = ndimage.binary_dilation(water, iterations=25) & ~water
+    lc[near_water & (moisture > 0.0)] = 90  # wetlands on lake shores
+    lc[near_water & (moisture > 0.0) & (urban < -1.2)] = 95  # mangrove-like swamp forest
+    lc[water] = 80
+    return lc
+
+
+def hillshade(elevation: np.ndarray, lat: float) -> np.ndarray:
+    """Illumination relative to flat ground for the overpass sun position."""
+    dy = MASTER_RES_DEG * 111_320.0
+    dx = dy * math.cos(math.radians(lat))
+    gy, gx = np.gradient(elevation.astype(np.float64), dy, dx)
+    slope = np.arctan(np.hypot(gx, gy))
+    aspect = np.arctan2(-gx, gy)  # direction the slope faces, clockwise from north
+    zenith = math.radians(90.0 - SUN_ELEVATION_DEG)
+    azimuth = math.radians(SUN_AZIMUTH_DEG)
+    cos_i = np.cos(zenith) * np.cos(slope) + np.sin(zenith) * np.sin(slope) * np.cos(
+        azimuth - aspect
+    )
+    return np.clip(cos_i / math.cos(zenith), 0.25, 1.6).astype(np.float32)
+
+
+def season_factor(day_of_year: int) -> float:
+    """Vegetation vigour through the year: low in early spring, peak in July."""
+    return 0.8 + 0.2 * math.sin(2 * math.pi * (day_of_year - 110) / 365.0)
+
+
+def reflectance(landcover: np.ndarray, shading: np.ndarray, day_of_year: int) -> np.ndarray:
+    """Noise-free surface reflectance x 10^4, [12, H, W] float32, for a land-cover raster."""
+    table = np.zeros((256, 12), dtype=np.float32)
+    for code, spectrum in SIGNATURES.items():
+        table[code] = spectrum
+    season = season_factor(day_of_year)
+    for code in VEGETATION:
+        table[code, SEASONAL_BANDS] *= season
+    refl = table[landcover].transpose(2, 0, 1)  # [12, H, W]
+    return refl * shading[None]

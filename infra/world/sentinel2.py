@@ -1,0 +1,197 @@
+"""Rendering Sentinel-2 L2A scenes of the sample world.
+
+Reflectance is rendered at 10 m from the landscape and integrated (block mean) to 20 m
+and 60 m, as the sensor's coarser bands see the same ground. Clouds are smooth fields
+with soft edges; their shadows are the cloud mask shifted away from the sun. The scene
+classification (SCL) marks exactly what was rendered, so cloud cover computed from it is
+the truth. Products of baseline 04.00 and later carry the +1000 DN offset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pyproj import Transformer
+from scipy import ndimage
+
+from infra.world.landscape import VEGETATION, Landscape, reflectance, smooth_noise
+from infra.world.layout import Acquisition, TileGrid, day_of_year
+from ingest.sources import sentinel2
+from ingest.sources.sentinel2 import SceneClass
+
+# Top-of-cloud reflectance x 10^4 per band: bright and flat, darker in the SWIR.
+CLOUD_SPECTRUM = np.array(
+    [7600, 7700, 7600, 7500, 7400, 7300, 7200, 7100, 7000, 5600, 4500, 3000], dtype=np.float32
+)
+# Calibration targets: bright, spectrally distinct, invariant between dates.
+MARKER_SPECTRUM = np.array(
+    [3000, 3500, 4000, 4500, 4800, 5000, 5200, 5400, 5500, 5300, 6000, 5000], dtype=np.float32
+)
+MARKER_SIZE_M = 120.0
+MARKER_CLEAR_RADIUS_PX = 30  # clouds and shadows are kept 300 m away from markers
+SHADOW_SHIFT_PX = (-52, -30)  # 600 m towards the north-west: the sun is in the south-east
+SHADOW_DARKENING = 0.35
+NOISE_RELATIVE = 0.03
+NOISE_ABSOLUTE = 25.0
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A square calibration target centred at lon/lat."""
+
+    lon: float
+    lat: float
+    size_m: float = MARKER_SIZE_M
+
+
+@dataclass(frozen=True)
+class TileSurface:
+    """The date-independent ground under one tile."""
+
+    landcover: np.ndarray  # [H, W] WorldCover codes at 10 m pixel centres
+    shading: np.ndarray  # [H, W]
+    landcover_20m: np.ndarray  # [H/2, W/2], sampled at 20 m centres for the SCL
+    shading_20m: np.ndarray  # [H/2, W/2]
+    markers: np.ndarray  # [H, W] bool
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One rendered product: uint16 DNs per band at native resolution, SCL at 20 m."""
+
+    bands: dict[str, np.ndarray]
+    scl: np.ndarray
+    cloud_cover: float  # percent of non-nodata SCL pixels that are cloud or cirrus
+    nodata_percentage: float
+    shadow_percentage: float
+
+
+def pixel_centres_lonlat(tile: TileGrid, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lon/lat of every pixel centre of the tile grid at `resolution` metres."""
+    h, w = tile.shape(resolution)
+    x = tile.left + (np.arange(w) + 0.5) * resolution
+    y = tile.top - (np.arange(h) + 0.5) * resolution
+    xx, yy = np.meshgrid(x, y)
+    lon, lat = Transformer.from_crs(tile.epsg, 4326, always_xy=True).transform(xx, yy)
+    return lon, lat
+
+
+def marker_mask(tile: TileGrid, markers: list[Marker]) -> np.ndarray:
+    """10 m pixels whose centres fall inside a marker square (in this tile's CRS)."""
+    h, w = tile.shape(10)
+    x = tile.left + (np.arange(w) + 0.5) * 10
+    y = tile.top - (np.arange(h) + 0.5) * 10
+    to_utm = Transformer.from_crs(4326, tile.epsg, always_xy=True)
+    mask = np.zeros((h, w), dtype=bool)
+    for m in markers:
+        cx, cy = to_utm.transform(m.lon, m.lat)
+        half = m.size_m / 2
+        mask |= (np.abs(y[:, None] - cy) < half) & (np.abs(x[None, :] - cx) < half)
+    return mask
+
+
+def tile_surface(tile: TileGrid, landscape: Landscape, markers: list[Marker]) -> TileSurface:
+    """Sample the landscape onto the tile's 10 m and 20 m grids."""
+    lc, _, shade = landscape.sample(*pixel_centres_lonlat(tile, 10))
+    lc20, _, shade20 = landscape.sample(*pixel_centres_lonlat(tile, 20))
+    return TileSurface(lc, shade, lc20, shade20, marker_mask(tile, markers))
+
+
+def block_mean(a: np.ndarray, factor: int) -> np.ndarray:
+    """Integrate [..., H, W] over factor x factor blocks."""
+    if factor == 1:
+        return a
+    *lead, h, w = a.shape
+    return a.reshape(*lead, h // factor, factor, w // factor, factor).mean(axis=(-3, -1))
+
+
+def swath_edge(shape: tuple[int, int], cut: float) -> np.ndarray:
+    """Nodata beyond a tilted orbit-swath edge; `cut` in (0, 1.28) sets how much is lost."""
+    h, w = shape
+    v, u = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
+    return 0.94 * u + 0.34 * v > cut
+
+
+def clouds(
+    surface: TileSurface, target: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cloud opacity [H, W] in [0, 1] covering ~`target` of the tile, and the shadow mask."""
+    field = smooth_noise(surface.landcover.shape, 40, rng)
+    if target <= 0:
+        alpha = np.zeros_like(field)
+    else:
+        threshold = np.quantile(field, 1.0 - target)
+        alpha = np.clip((field - threshold) / 0.6, 0.0, 1.0)
+    keep_clear = ndimage.binary_dilation(surface.markers, iterations=MARKER_CLEAR_RADIUS_PX)
+    alpha[keep_clear] = 0.0
+    thick = alpha > 0.25
+    shadow = ndimage.shift(thick.astype(np.uint8), SHADOW_SHIFT_PX, order=0, cval=0) > 0
+    shadow &= (alpha <= 0.05) & ~keep_clear
+    return alpha.astype(np.float32), shadow
+
+
+def scene_classes(
+    surface: TileSurface, alpha: np.ndarray, shadow: np.ndarray, nodata: np.ndarray
+) -> np.ndarray:
+    """SCL at 20 m for what was rendered; later rules win, as in Sen2Cor's precedence."""
+    lc = surface.landcover_20m
+    scl = np.full(lc.shape, SceneClass.NOT_VEGETATED, dtype=np.uint8)
+    scl[np.isin(lc, list(VEGETATION))] = SceneClass.VEGETATION
+    scl[lc == 80] = SceneClass.WATER
+    scl[lc == 70] = SceneClass.SNOW
+    scl[(surface.shading_20m < 0.4) & (lc != 80)] = SceneClass.DARK_AREA
+    scl[block_mean(shadow.astype(np.float32), 2) > 0.5] = SceneClass.CLOUD_SHADOW
+    alpha20 = block_mean(alpha, 2)
+    scl[alpha20 > 0.05] = SceneClass.THIN_CIRRUS
+    scl[alpha20 > 0.25] = SceneClass.CLOUD_MEDIUM_PROBABILITY
+    scl[alpha20 > 0.6] = SceneClass.CLOUD_HIGH_PROBABILITY
+    scl[nodata] = SceneClass.NO_DATA
+    return scl
+
+
+def render_scene(
+    tile: TileGrid,
+    surface: TileSurface,
+    acquisition: Acquisition,
+    rng: np.random.Generator,
+    cloud_target: float,
+    swath_cut: float | None,
+) -> Scene:
+    """Render all bands and the SCL of one acquisition of one tile."""
+    refl = reflectance(surface.landcover, surface.shading, day_of_year(acquisition.when))
+    noise = rng.standard_normal(refl.shape, dtype=np.float32)
+    refl = refl * (1 + NOISE_RELATIVE * noise) + NOISE_ABSOLUTE * rng.standard_normal(
+        refl.shape, dtype=np.float32
+    )
+    refl[:, surface.markers] = MARKER_SPECTRUM[:, None]
+    alpha, shadow = clouds(surface, cloud_target, rng)
+    refl = np.where(shadow[None], refl * SHADOW_DARKENING, refl)
+    refl = (1 - alpha[None]) * refl + alpha[None] * CLOUD_SPECTRUM[:, None, None]
+
+    offset = sentinel2.BOA_ADD_OFFSET if acquisition.has_offset else 0
+    bands = {}
+    for i, band in enumerate(sentinel2.BANDS):
+        native = block_mean(refl[i], band.resolution_m // 10)
+        dn = np.clip(np.rint(native), 1, 65535 - offset) + offset
+        if swath_cut is not None:
+            dn[swath_edge(native.shape, swath_cut)] = sentinel2.NODATA
+        bands[band.name] = dn.astype(np.uint16)
+
+    scl_shape = tile.shape(sentinel2.SCL_RESOLUTION_M)
+    nodata20 = (
+        swath_edge(scl_shape, swath_cut) if swath_cut is not None else np.zeros(scl_shape, bool)
+    )
+    scl = scene_classes(surface, alpha, shadow, nodata20)
+    observed = scl != SceneClass.NO_DATA
+    n_obs = max(int(observed.sum()), 1)
+    cloudy = np.isin(scl, [int(c) for c in sentinel2.CLOUD_CLASSES])
+    return Scene(
+        bands=bands,
+        scl=scl,
+        cloud_cover=round(100.0 * float(cloudy.sum()) / n_obs, 4),
+        nodata_percentage=round(100.0 * float((~observed).sum()) / scl.size, 4),
+        shadow_percentage=round(
+            100.0 * float((scl == SceneClass.CLOUD_SHADOW).sum()) / n_obs, 4
+        ),
+    )

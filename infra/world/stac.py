@@ -1,0 +1,248 @@
+"""STAC collections and items shaped like Planetary Computer's, for the sample world.
+
+Built as plain dicts, field for field what PC serves for `sentinel-2-l2a`,
+`cop-dem-glo-30` and `esa-worldcover` (ids, asset keys, `proj:*` per asset, `eo:bands`,
+`raster:bands` with scale/offset, `s2:*` properties), then checked by pystac.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from affine import Affine
+from shapely.geometry import Polygon, box, mapping
+
+from infra.world.layout import Acquisition, TileGrid, processing_time
+from ingest.sources import dem, sentinel2, worldcover
+
+COG = "image/tiff; application=geotiff; profile=cloud-optimized"
+EXT = {
+    "eo": "https://stac-extensions.github.io/eo/v1.0.0/schema.json",
+    "proj": "https://stac-extensions.github.io/projection/v1.0.0/schema.json",
+    "raster": "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "sat": "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
+    "classification": "https://stac-extensions.github.io/classification/v1.0.0/schema.json",
+}
+LICENSE = "proprietary"  # PC's value for these collections; here: synthetic, CC0 in spirit
+
+
+def _iso(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _proj(epsg: int, transform: Affine, shape: tuple[int, int]) -> dict[str, Any]:
+    return {
+        "proj:epsg": epsg,
+        "proj:transform": list(transform)[:6],
+        "proj:shape": list(shape),
+    }
+
+
+def _geometry(poly: Polygon) -> tuple[dict[str, Any], list[float]]:
+    return mapping(poly), [round(v, 7) for v in poly.bounds]
+
+
+def sentinel2_item_id(tile: TileGrid, acq: Acquisition, platform: str, orbit: int) -> str:
+    """PC's id: mission, product, sensing time, relative orbit, tile, processing time."""
+    sensed = acq.when.strftime("%Y%m%dT%H%M%S")
+    processed = processing_time(acq.when).strftime("%Y%m%dT%H%M%S")
+    return f"{platform}_MSIL2A_{sensed}_R{orbit:03d}_T{tile.mgrs}_{processed}"
+
+
+def sentinel2_item(
+    tile: TileGrid,
+    acq: Acquisition,
+    *,
+    platform: str,
+    orbit: int,
+    hrefs: dict[str, str],
+    stats: dict[str, float],
+) -> dict[str, Any]:
+    """The item of one scene; `hrefs` maps asset key (band names and SCL) to a file path."""
+    geometry, bbox = _geometry(tile.footprint())
+    offset = -sentinel2.BOA_ADD_OFFSET * sentinel2.REFLECTANCE_SCALE if acq.has_offset else 0.0
+    assets: dict[str, Any] = {}
+    for band in sentinel2.BANDS:
+        res = band.resolution_m
+        assets[band.name] = {
+            "href": hrefs[band.name],
+            "type": COG,
+            "roles": ["data"],
+            "title": f"Band {band.name[1:].lstrip('0')} - {band.common_name} - {res}m",
+            "gsd": float(res),
+            "eo:bands": [
+                {
+                    "name": band.name,
+                    "common_name": band.common_name,
+                    "center_wavelength": band.center_wavelength,
+                    "full_width_half_max": band.full_width_half_max,
+                }
+            ],
+            "raster:bands": [
+                {
+                    "nodata": sentinel2.NODATA,
+                    "data_type": "uint16",
+                    "spatial_resolution": float(res),
+                    "scale": sentinel2.REFLECTANCE_SCALE,
+                    "offset": offset,
+                }
+            ],
+            **_proj(tile.epsg, tile.transform(res), tile.shape(res)),
+        }
+    res = sentinel2.SCL_RESOLUTION_M
+    assets[sentinel2.SCL_ASSET] = {
+        "href": hrefs[sentinel2.SCL_ASSET],
+        "type": COG,
+        "roles": ["data"],
+        "title": "Scene classfication map (SCL)",
+        "gsd": float(res),
+        "raster:bands": [{"nodata": 0, "data_type": "uint8", "spatial_resolution": float(res)}],
+        **_proj(tile.epsg, tile.transform(res), tile.shape(res)),
+    }
+    properties = {
+        "datetime": _iso(acq.when),
+        "platform": "Sentinel-2A" if platform == "S2A" else "Sentinel-2B",
+        "constellation": "Sentinel 2",
+        "instruments": ["msi"],
+        "eo:cloud_cover": stats["cloud_cover"],
+        "proj:epsg": tile.epsg,
+        "sat:orbit_state": "descending",
+        "sat:relative_orbit": orbit,
+        "s2:mgrs_tile": tile.mgrs,
+        "s2:product_type": "S2MSI2A",
+        "s2:processing_baseline": acq.baseline,
+        "s2:nodata_pixel_percentage": stats["nodata_percentage"],
+        "s2:cloud_shadow_percentage": stats["shadow_percentage"],
+        "s2:datatake_type": "INS-NOBS",
+    }
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "stac_extensions": [EXT["eo"], EXT["proj"], EXT["raster"], EXT["sat"]],
+        "id": sentinel2_item_id(tile, acq, platform, orbit),
+        "collection": sentinel2.COLLECTION,
+        "geometry": geometry,
+        "bbox": bbox,
+        "properties": properties,
+        "links": [],
+        "assets": assets,
+    }
+
+
+def _aux_item(
+    collection: str,
+    item_id: str,
+    asset_key: str,
+    href: str,
+    transform: Affine,
+    shape: tuple[int, int],
+    properties: dict[str, Any],
+    asset_extra: dict[str, Any],
+) -> dict[str, Any]:
+    h, w = shape
+    west, north = transform.c, transform.f
+    east, south = west + w * transform.a, north + h * transform.e
+    geometry, bbox = _geometry(box(west, south, east, north))
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "stac_extensions": [EXT["proj"], EXT["raster"], EXT["classification"]],
+        "id": item_id,
+        "collection": collection,
+        "geometry": geometry,
+        "bbox": bbox,
+        "properties": {**properties, **_proj(4326, transform, shape)},
+        "links": [],
+        "assets": {
+            asset_key: {
+                "href": href,
+                "type": COG,
+                "roles": ["data"],
+                **asset_extra,
+                **_proj(4326, transform, shape),
+            }
+        },
+    }
+
+
+def dem_item_id(lon: float, lat: float) -> str:
+    """PC's DEM id; the fraction of a degree shows where the scaled-down tile starts."""
+    lat_d, lat_f = divmod(round(abs(lat) * 100), 100)
+    lon_d, lon_f = divmod(round(abs(lon) * 100), 100)
+    ns, ew = ("N" if lat >= 0 else "S"), ("E" if lon >= 0 else "W")
+    return f"Copernicus_DSM_COG_10_{ns}{lat_d:02d}_{lat_f:02d}_{ew}{lon_d:03d}_{lon_f:02d}_DEM"
+
+
+def dem_item(lon: float, lat: float, href: str, transform: Affine, shape: tuple[int, int]) -> dict:
+    """A Copernicus DEM GLO-30 item for the tile whose south-west corner is lon/lat."""
+    return _aux_item(
+        dem.COLLECTION,
+        dem_item_id(lon, lat),
+        dem.ASSET,
+        href,
+        transform,
+        shape,
+        {"datetime": "2021-04-22T00:00:00Z", "platform": "TanDEM-X", "gsd": 30},
+        {"title": "data", "raster:bands": [{"data_type": dem.DTYPE, "unit": "metre"}]},
+    )
+
+
+def worldcover_item_id(lon: float, lat: float) -> str:
+    """PC's WorldCover id with fractional degrees for the scaled-down tiling."""
+    ns, ew = ("N" if lat >= 0 else "S"), ("E" if lon >= 0 else "W")
+    return f"ESA_WorldCover_10m_2021_v200_{ns}{abs(lat):05.2f}{ew}{abs(lon):06.2f}"
+
+
+def worldcover_item(
+    lon: float, lat: float, href: str, transform: Affine, shape: tuple[int, int]
+) -> dict:
+    """An ESA WorldCover 2021 (v200) item, asset `map` with its class table."""
+    classes = [
+        {"value": c.code, "description": c.name, "color_hint": c.color.lstrip("#").upper()}
+        for c in worldcover.CLASSES
+    ]
+    return _aux_item(
+        worldcover.COLLECTION,
+        worldcover_item_id(lon, lat),
+        worldcover.ASSET,
+        href,
+        transform,
+        shape,
+        {
+            "datetime": None,
+            "start_datetime": "2021-01-01T00:00:00Z",
+            "end_datetime": "2021-12-31T23:59:59Z",
+            "esa_worldcover:product_version": "2.0.0",
+            "mission": "sentinel-1, sentinel-2",
+        },
+        {
+            "title": "Land Cover Classes",
+            "raster:bands": [{"nodata": worldcover.NODATA, "data_type": "uint8"}],
+            "classification:classes": classes,
+        },
+    )
+
+
+def collection(collection_id: str, bbox: list[float], start: str, end: str) -> dict[str, Any]:
+    """A collection with PC's id; extents from the world."""
+    titles = {
+        sentinel2.COLLECTION: "Sentinel-2 Level-2A (sample world)",
+        dem.COLLECTION: "Copernicus DEM GLO-30 (sample world)",
+        worldcover.COLLECTION: "ESA WorldCover (sample world)",
+    }
+    return {
+        "type": "Collection",
+        "stac_version": "1.0.0",
+        "stac_extensions": [],
+        "id": collection_id,
+        "title": titles[collection_id],
+        "description": f"{titles[collection_id]}: synthetic data generated by `eomae world`, "
+        "shaped like the Planetary Computer collection of the same id.",
+        "license": LICENSE,
+        "extent": {
+            "spatial": {"bbox": [bbox]},
+            "temporal": {"interval": [[start, end]]},
+        },
+        "links": [],
+    }
