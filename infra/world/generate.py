@@ -101,7 +101,7 @@ def generate_world(
             "refusing to overwrite it: choose another directory"
         )
     if marker and marker.get("fingerprint") == fingerprint(cfg) and not force:
-        log.info("world in %s is up to date (fingerprint %s)", out_dir, marker["fingerprint"])
+        log.debug("world in %s is up to date (fingerprint %s)", out_dir, marker["fingerprint"])
         return False
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,14 @@ def _write_world(root: Path, cfg: WorldConfig, progress: Progress) -> None:
     total = len(grids) * len(acqs) + 3
     step = 0
     progress("terrain and land cover", step, total)
-    landscape = build_landscape(region, _rng(cfg, 1))
+    footprints = [g.footprint().bounds for g in grids]
+    focus = (
+        min(b[0] for b in footprints),
+        min(b[1] for b in footprints),
+        max(b[2] for b in footprints),
+        max(b[3] for b in footprints),
+    )
+    landscape = build_landscape(region, _rng(cfg, 1), focus)
 
     items: list[dict[str, Any]] = []
     truth_tiles = []
@@ -180,12 +187,18 @@ def _write_world(root: Path, cfg: WorldConfig, progress: Progress) -> None:
                 "shadow_percentage": scene.shadow_percentage,
             }
             items.append(
-                sentinel2_item(tile, acq, platform=platform, orbit=RELATIVE_ORBIT, hrefs=hrefs,
-                               stats=stats)
+                sentinel2_item(
+                    tile, acq, platform=platform, orbit=RELATIVE_ORBIT, hrefs=hrefs, stats=stats
+                )
             )
             scenes.append(
-                {"item_id": item_id, "datetime": items[-1]["properties"]["datetime"],
-                 "baseline": acq.baseline, "swath_cut": swath_cut, **stats}
+                {
+                    "item_id": item_id,
+                    "datetime": items[-1]["properties"]["datetime"],
+                    "baseline": acq.baseline,
+                    "swath_cut": swath_cut,
+                    **stats,
+                }
             )
         truth_tiles.append(
             {
@@ -261,12 +274,15 @@ def _place_markers(tile: TileGrid, n: int, rng: np.random.Generator) -> list[Mar
     """Markers centred on the tile's 60 m grid, away from edges and from each other."""
     to_lonlat = Transformer.from_crs(tile.epsg, 4326, always_xy=True)
     cells = tile.size * 10 // 60
-    margin = 10  # 600 m
+    margin = min(10, cells // 4)  # 600 m on full-size tiles
+    separation = min(800.0, tile.size * 10 / 4)
     chosen: list[tuple[float, float]] = []
-    while len(chosen) < n:
+    for _ in range(1000 * max(n, 1)):
+        if len(chosen) == n:
+            break
         i, j = rng.integers(margin, cells - margin, size=2)
         x, y = tile.left + 60.0 * i, tile.top - 60.0 * j
-        if all(np.hypot(x - a, y - b) > 800 for a, b in chosen):
+        if all(np.hypot(x - a, y - b) > separation for a, b in chosen):
             chosen.append((x, y))
     return [Marker(*map(float, to_lonlat.transform(x, y))) for x, y in chosen]
 
@@ -279,15 +295,15 @@ def _ground_points(
     uniform = ndimage.maximum_filter(lc, 13) == ndimage.minimum_filter(lc, 13)
     inner = tile.footprint().buffer(-0.004).bounds
     inv = ~landscape.transform
-    c0, r0 = inv * (inner[0], inner[3])
-    c1, r1 = inv * (inner[2], inner[1])
+    c0, r0 = inv @ (inner[0], inner[3])
+    c1, r1 = inv @ (inner[2], inner[1])
     window = uniform[int(r0) : int(r1), int(c0) : int(c1)]
     rows, cols = np.nonzero(window)
     pick = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
     out = []
     for k in pick:
         r, c = rows[k] + int(r0), cols[k] + int(c0)
-        lon, lat = landscape.transform * (c + 0.5, r + 0.5)
+        lon, lat = landscape.transform @ (c + 0.5, r + 0.5)
         out.append(
             {
                 "lon": float(lon),
@@ -312,7 +328,7 @@ def _write_aux(root: Path, landscape: Landscape, region: tuple[float, ...]) -> l
         transform = Affine(dem.RESOLUTION_DEG, 0, lon, 0, -dem.RESOLUTION_DEG, north)
         shape = (n_dem + 1, n_dem + 1)
         cols, rows = np.meshgrid(np.arange(shape[1]) + 0.5, np.arange(shape[0]) + 0.5)
-        plon, plat = transform * (cols, rows)
+        plon, plat = transform @ (cols, rows)
         _, elev, _ = landscape.sample(plon, plat)
         item = dem_item(lon, lat, "", transform, shape)
         path = root / "data" / dem.COLLECTION / f"{item['id']}.tif"
@@ -321,12 +337,16 @@ def _write_aux(root: Path, landscape: Landscape, region: tuple[float, ...]) -> l
         items.append(item)
         # WorldCover: a crop of the master land cover, which shares its grid.
         transform = Affine(worldcover.RESOLUTION_DEG, 0, lon, 0, -worldcover.RESOLUTION_DEG, north)
-        c, r = (round(v) for v in inv * (lon, north))
+        c, r = (round(v) for v in inv @ (lon, north))
         crop = landscape.landcover[r : r + n_wc, c : c + n_wc]
         item = worldcover_item(lon, lat, "", transform, crop.shape)
         path = root / "data" / worldcover.COLLECTION / f"{item['id']}_Map.tif"
         write_cog(
-            path, crop, crs="EPSG:4326", transform=transform, nodata=worldcover.NODATA,
+            path,
+            crop,
+            crs="EPSG:4326",
+            transform=transform,
+            nodata=worldcover.NODATA,
             categorical=True,
         )
         item["assets"][worldcover.ASSET]["href"] = str(path)
@@ -335,10 +355,21 @@ def _write_aux(root: Path, landscape: Landscape, region: tuple[float, ...]) -> l
 
 
 def _write_truth_rasters(root: Path, landscape: Landscape) -> None:
-    write_cog(root / "truth" / "landcover.tif", landscape.landcover, crs="EPSG:4326",
-              transform=landscape.transform, nodata=worldcover.NODATA, categorical=True)
-    write_cog(root / "truth" / "elevation.tif", landscape.elevation, crs="EPSG:4326",
-              transform=landscape.transform, nodata=None)
+    write_cog(
+        root / "truth" / "landcover.tif",
+        landscape.landcover,
+        crs="EPSG:4326",
+        transform=landscape.transform,
+        nodata=worldcover.NODATA,
+        categorical=True,
+    )
+    write_cog(
+        root / "truth" / "elevation.tif",
+        landscape.elevation,
+        crs="EPSG:4326",
+        transform=landscape.transform,
+        nodata=None,
+    )
 
 
 def _write_catalog(root: Path, items: list[dict], region: tuple[float, ...], acqs: list) -> None:
@@ -355,10 +386,10 @@ def _write_catalog(root: Path, items: list[dict], region: tuple[float, ...], acq
         worldcover.COLLECTION: ("2021-01-01T00:00:00Z", "2021-12-31T23:59:59Z"),
     }
     for cid, (t0, t1) in spans.items():
-        coll = pystac.Collection.from_dict(collection(cid, list(region), t0, t1))
+        coll = pystac.Collection.from_dict(collection(cid, list(region), t0, t1), migrate=False)
         for item in items:
             if item["collection"] == cid:
-                coll.add_item(pystac.Item.from_dict(item))
+                coll.add_item(pystac.Item.from_dict(item, migrate=False))
         catalog.add_child(coll)
     catalog.normalize_hrefs(str(root / "stac"))
     catalog.make_all_asset_hrefs_relative()

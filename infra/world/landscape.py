@@ -54,12 +54,10 @@ class Landscape:
     shading: np.ndarray  # [H, W] float32 illumination factor, 1 on flat ground
 
     def _pixel_coords(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-        col, row = ~self.transform * (lon, lat)
+        col, row = ~self.transform @ (lon, lat)
         return np.stack([np.asarray(row) - 0.5, np.asarray(col) - 0.5])  # centre-based
 
-    def sample(
-        self, lon: np.ndarray, lat: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Land cover (nearest), elevation and shading (bilinear) at lon/lat points."""
         coords = self._pixel_coords(lon, lat)
         lc = ndimage.map_coordinates(self.landcover, coords, order=0, mode="nearest")
@@ -84,9 +82,15 @@ def smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator)
 
 
 def build_landscape(
-    region: tuple[float, float, float, float], rng: np.random.Generator
+    region: tuple[float, float, float, float],
+    rng: np.random.Generator,
+    focus: tuple[float, float, float, float] | None = None,
 ) -> Landscape:
-    """Generate terrain and land cover for `region` (west, south, east, north in degrees)."""
+    """Generate terrain and land cover for `region` (west, south, east, north in degrees).
+
+    Class proportions are set on the `focus` box (the Sentinel-2 tiles), so every class
+    occurs where the imagery is, not only in the margins of the DEM/WorldCover tiling.
+    """
     west, south, east, north = region
     width = round((east - west) / MASTER_RES_DEG)
     height = round((north - south) / MASTER_RES_DEG)
@@ -99,17 +103,26 @@ def build_landscape(
     cultivation = smooth_noise(shape, 90, rng)
     urban = smooth_noise(shape, 35, rng)
     elevation = (1500.0 + 650.0 * z).astype(np.float32)
-    landcover = classify(elevation, moisture, cultivation, urban)
-    elevation[landcover == 80] = np.percentile(elevation, 7)  # lakes are flat
+    window = (slice(None), slice(None))
+    if focus is not None:
+        c0, r0 = ~transform @ (focus[0], focus[3])
+        c1, r1 = ~transform @ (focus[2], focus[1])
+        window = (slice(int(r0), int(np.ceil(r1))), slice(int(c0), int(np.ceil(c1))))
+    landcover = classify(elevation, moisture, cultivation, urban, elevation[window])
+    elevation[landcover == 80] = elevation[landcover == 80].max()  # lakes are flat
     shading = hillshade(elevation, south + (north - south) / 2)
     return Landscape(transform, landcover, elevation, shading)
 
 
 def classify(
-    elevation: np.ndarray, moisture: np.ndarray, cultivation: np.ndarray, urban: np.ndarray
+    elevation: np.ndarray,
+    moisture: np.ndarray,
+    cultivation: np.ndarray,
+    urban: np.ndarray,
+    reference: np.ndarray,
 ) -> np.ndarray:
-    """Alpine zonation by elevation quantiles, refined by moisture, fields and towns."""
-    q = {p: np.percentile(elevation, p) for p in (7, 30, 45, 75, 86, 94)}
+    """Alpine zonation by elevation quantiles of `reference`, refined by moisture, fields, towns."""
+    q = {p: np.percentile(reference, p) for p in (7, 30, 45, 75, 86, 94)}
     lc = np.full(elevation.shape, 30, dtype=np.uint8)  # grassland by default
     lc[(elevation < q[75]) & (moisture > -0.4)] = 10  # forested slopes
     lc[(elevation < q[45]) & (cultivation > 0.2)] = 40  # valley fields

@@ -191,7 +191,5 @@ def render_scene(
         scl=scl,
         cloud_cover=round(100.0 * float(cloudy.sum()) / n_obs, 4),
         nodata_percentage=round(100.0 * float((~observed).sum()) / scl.size, 4),
-        shadow_percentage=round(
-            100.0 * float((scl == SceneClass.CLOUD_SHADOW).sum()) / n_obs, 4
-        ),
+        shadow_percentage=round(100.0 * float((scl == SceneClass.CLOUD_SHADOW).sum()) / n_obs, 4),
     )

@@ -1,0 +1,257 @@
+"""The `eomae` command line.
+
+    eomae world runs/demo/world            generate the sample world (COGs + STAC)
+    eomae serve runs/demo/world            serve it: STAC API (pgstac) + COG server
+    eomae search --catalog URL --bbox ...  search a STAC API (default Planetary Computer)
+    eomae demo                             world -> services -> search -> stop
+
+Every command takes `--config FILE.yaml`; flags override the file. Run
+`eomae COMMAND --help` for the fields, each with its description.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, CliApp, CliPositionalArg, CliSubCommand
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from eomae.config import Command, ConfigFileError, describe_validation_error
+from infra.world import WorldConfig, WorldError, generate_world
+from ingest.catalog import PLANETARY_COMPUTER, CatalogError, open_catalog, search_items
+from ingest.sources import dem, sentinel2, worldcover
+
+console = Console(stderr=True)
+DEFAULT_RUN_DIR = Path("runs/demo")
+
+
+class WorldCommand(WorldConfig, Command):
+    """Generate the sample world: Sentinel-2 L2A, Copernicus DEM, WorldCover as COGs + STAC."""
+
+    out: CliPositionalArg[Path] = Field(description="Directory to write the world into.")
+    force: bool = Field(False, description="Regenerate even if an identical world is there.")
+
+    def cli_cmd(self) -> None:
+        """Generate with a progress bar, then summarise what was written."""
+        cmd = self.resolved()
+        cfg = WorldConfig(**cmd.model_dump(include=set(WorldConfig.model_fields)))
+        run_world(cmd.out, cfg, force=cmd.force)
+
+
+class ServeCommand(Command):
+    """Serve a world: a STAC API (stac-fastapi-pgstac on PostgreSQL) and a COG server."""
+
+    world: CliPositionalArg[Path] = Field(description="World directory made by `eomae world`.")
+    state_dir: Path | None = Field(
+        None, description="Where the database cluster and logs live (default: WORLD/../services)."
+    )
+    stac_port: int | None = Field(
+        None, ge=1, le=65535, description="STAC API port (default: free)."
+    )
+    cog_port: int | None = Field(
+        None, ge=1, le=65535, description="COG server port (default: free)."
+    )
+
+    def cli_cmd(self) -> None:
+        """Start, print the URLs, serve until Ctrl-C or SIGTERM, stop cleanly."""
+        cmd = self.resolved()
+        from infra.services import LocalServices
+
+        state = cmd.state_dir or cmd.world.resolve().parent / "services"
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with LocalServices(cmd.world, state, stac_port=cmd.stac_port, cog_port=cmd.cog_port) as svc:
+            console.print(f"STAC API   {svc.stac_url}")
+            console.print(f"COG server {svc.cog_url}")
+            console.print("serving; Ctrl-C to stop")
+            try:
+                while not stop.wait(0.5):
+                    pass
+            except KeyboardInterrupt:
+                pass
+        console.print("services stopped")
+
+
+class SearchCommand(Command):
+    """Search a STAC API and list the items found."""
+
+    catalog: str = Field(
+        PLANETARY_COMPUTER, description="`planetary-computer` or the URL of any STAC API."
+    )
+    collection: str = Field(sentinel2.COLLECTION, description="Collection id to search.")
+    bbox: tuple[float, float, float, float] | None = Field(
+        None, description="West, south, east, north in degrees (EPSG:4326)."
+    )
+    datetime: str | None = Field(None, description="RFC 3339 instant or interval, `a/b`.")
+    max_cloud_cover: float | None = Field(
+        None, ge=0, le=100, description="Keep items with eo:cloud_cover at most this (percent)."
+    )
+    limit: int = Field(100, ge=1, le=1000, description="Page size asked of the API.")
+
+    @field_validator("bbox")
+    @classmethod
+    def _valid_bbox(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is not None:
+            w, s, e, n = v
+            if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
+                raise ValueError("needs -180 <= west < east <= 180 and -90 <= south < north <= 90")
+        return v
+
+    def cli_cmd(self) -> None:
+        """Run the search and print a table of the items."""
+        cmd = self.resolved()
+        client = open_catalog(cmd.catalog)
+        sortby = "eo:cloud_cover" if cmd.collection == sentinel2.COLLECTION else None
+        items = search_items(
+            client,
+            cmd.collection,
+            bbox=cmd.bbox,
+            datetime=cmd.datetime,
+            max_cloud_cover=cmd.max_cloud_cover,
+            sortby=sortby,
+            limit=cmd.limit,
+        )
+        print_items(items, title=f"{cmd.collection} @ {client.self_href}")
+
+
+class DemoCommand(Command):
+    """The README's first command: sample world, local services, a search, stop."""
+
+    run_dir: Path = Field(DEFAULT_RUN_DIR, description="Run directory for the world and services.")
+    max_cloud_cover: float = Field(
+        30.0, ge=0, le=100, description="Cloud filter of the demo search (percent)."
+    )
+
+    def cli_cmd(self) -> None:
+        """Generate (or reuse) the world, serve it, search each collection, stop."""
+        cmd = self.resolved()
+        from infra.services import LocalServices
+
+        world = cmd.run_dir / "world"
+        run_world(world, WorldConfig(), force=False)
+        t0 = time.perf_counter()
+        with LocalServices(world, cmd.run_dir / "services") as svc:
+            console.print(
+                f"services up in {time.perf_counter() - t0:.1f} s: STAC API "
+                f"{svc.stac_url}, COG server {svc.cog_url}"
+            )
+            client = open_catalog(svc.stac_url)
+            region = world_region(world)
+            for coll in (dem.COLLECTION, worldcover.COLLECTION):
+                found = search_items(client, coll, bbox=region)
+                console.print(f"{coll}: {len(found)} items cover the region {region}")
+            scenes = search_items(
+                client,
+                sentinel2.COLLECTION,
+                bbox=region,
+                datetime="2021-01-01/2022-12-31",
+                max_cloud_cover=cmd.max_cloud_cover,
+                sortby="eo:cloud_cover",
+            )
+            print_items(scenes, title=f"Sentinel-2 L2A with cloud cover <= {cmd.max_cloud_cover}%")
+        console.print("services stopped")
+
+
+class Eomae(
+    BaseSettings,
+    cli_prog_name="eomae",
+    cli_kebab_case=True,
+    cli_implicit_flags=True,
+    env_prefix="EOMAE_CLI_",
+):
+    """eomae: Earth-observation foundation-model pipeline (STAC -> cube -> shards -> model)."""
+
+    world: CliSubCommand[WorldCommand] = Field(description=WorldCommand.__doc__)
+    serve: CliSubCommand[ServeCommand] = Field(description=ServeCommand.__doc__)
+    search: CliSubCommand[SearchCommand] = Field(description=SearchCommand.__doc__)
+    demo: CliSubCommand[DemoCommand] = Field(description=DemoCommand.__doc__)
+
+    def cli_cmd(self) -> None:
+        """Dispatch to the chosen subcommand."""
+        CliApp.run_subcommand(self)
+
+
+def run_world(out: Path, cfg: WorldConfig, *, force: bool) -> None:
+    """Generate a world with a progress bar and print a one-line summary."""
+    t0 = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("world", total=None)
+
+        def update(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        made = generate_world(out, cfg, force=force, progress=update)
+    if not made:
+        console.print(f"world in {out} is up to date (seed {cfg.seed}); --force regenerates it")
+        return
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    console.print(
+        f"world written to {out}: {cfg.tiles} tiles x {cfg.dates} dates of "
+        f"{cfg.tile_size} px, {size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s"
+    )
+
+
+def world_region(world: Path) -> list[float]:
+    """The lon/lat box of a world, from its ground-truth record."""
+    import json
+
+    return json.loads((world / "truth.json").read_text())["region"]
+
+
+def print_items(items: list[Any], title: str) -> None:
+    """A table of STAC items: id, date, tile, cloud cover, baseline."""
+    table = Table(title=f"{title}: {len(items)} items")
+    for col in ("id", "datetime", "tile", "cloud %", "baseline"):
+        table.add_column(col)
+    for it in items:
+        p = it.properties
+        cloud = p.get("eo:cloud_cover")
+        table.add_row(
+            it.id,
+            str(p.get("datetime") or p.get("start_datetime"))[:19],
+            str(p.get("s2:mgrs_tile", "")),
+            "" if cloud is None else f"{cloud:.1f}",
+            str(p.get("s2:processing_baseline", "")),
+        )
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)]
+    )
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry chatter hides our errors
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        CliApp.run(Eomae, cli_args=args)
+    except ValidationError as e:
+        console.print(f"[red]error:[/red] invalid arguments\n{describe_validation_error(e)}")
+        return 2
+    except (WorldError, CatalogError, ConfigFileError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    except Exception as e:  # service errors come from infra.services, imported lazily
+        if type(e).__name__ == "ServiceError":
+            console.print(f"[red]error:[/red] {e}")
+            return 2
+        raise
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

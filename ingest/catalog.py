@@ -1,0 +1,66 @@
+"""Opening a STAC API and searching it: Planetary Computer by default, or any STAC API URL.
+
+Hrefs are not signed here: a Planetary Computer SAS token expires, so ingest signs each
+href just before it opens it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pystac
+import pystac_client
+from pystac_client.exceptions import APIError
+
+PLANETARY_COMPUTER = "planetary-computer"
+PLANETARY_COMPUTER_URL = "https://planetarycomputer.microsoft.com/api/stac/v1"
+
+
+class CatalogError(RuntimeError):
+    """The catalog cannot be reached or does not serve what was asked for."""
+
+
+def catalog_url(catalog: str) -> str:
+    """Resolve the catalog name `planetary-computer` or pass a STAC API URL through."""
+    return PLANETARY_COMPUTER_URL if catalog == PLANETARY_COMPUTER else catalog
+
+
+def open_catalog(catalog: str) -> pystac_client.Client:
+    """Open a STAC API; fail with a message naming the URL when it cannot be reached."""
+    url = catalog_url(catalog)
+    try:
+        return pystac_client.Client.open(url)
+    except (APIError, OSError, pystac.STACError) as e:
+        raise CatalogError(f"cannot open STAC API {url}: {e}") from e
+
+
+def search_items(
+    client: pystac_client.Client,
+    collection: str,
+    *,
+    bbox: Sequence[float] | None = None,
+    datetime: str | None = None,
+    max_cloud_cover: float | None = None,
+    sortby: str | None = None,
+    limit: int = 100,
+) -> list[pystac.Item]:
+    """All items of `collection` matching the filters, following every result page."""
+    known = {c.id for c in client.get_collections()}
+    if collection not in known:
+        raise CatalogError(
+            f"collection {collection!r} not in {client.self_href}; it has: {sorted(known)}"
+        )
+    kwargs: dict[str, Any] = {"collections": [collection], "limit": limit}
+    if bbox is not None:
+        kwargs["bbox"] = list(bbox)
+    if datetime is not None:
+        kwargs["datetime"] = datetime
+    if max_cloud_cover is not None:
+        kwargs["query"] = {"eo:cloud_cover": {"lte": max_cloud_cover}}
+    if sortby is not None:
+        kwargs["sortby"] = sortby
+    try:
+        return list(client.search(**kwargs).items())
+    except APIError as e:
+        raise CatalogError(f"search of {collection!r} failed: {e}") from e
