@@ -23,7 +23,7 @@ class Command(BaseModel):
     )
 
     def resolved(self: M) -> M:
-        """This command with the YAML file's values under the flags that were given."""
+        """Return this command with the YAML file's values under the flags that were given."""
         path = getattr(self, "config", None)
         if path is None:
             return self
