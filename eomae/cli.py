@@ -12,6 +12,7 @@ Every command takes `--config FILE.yaml`; flags override the file. Run
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -27,6 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from eomae.config import Command, ConfigFileError, describe_validation_error
+from infra.services import LocalServices, ServiceError
 from infra.world import WorldConfig, WorldError, generate_world
 from ingest.catalog import PLANETARY_COMPUTER, CatalogError, open_catalog, search_items
 from ingest.sources import dem, sentinel2, worldcover
@@ -65,8 +67,6 @@ class ServeCommand(Command):
     def cli_cmd(self) -> None:
         """Start, print the URLs, serve until Ctrl-C or SIGTERM, stop cleanly."""
         cmd = self.resolved()
-        from infra.services import LocalServices
-
         state = cmd.state_dir or cmd.world.resolve().parent / "services"
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -135,8 +135,6 @@ class DemoCommand(Command):
     def cli_cmd(self) -> None:
         """Generate (or reuse) the world, serve it, search each collection, stop."""
         cmd = self.resolved()
-        from infra.services import LocalServices
-
         world = cmd.run_dir / "world"
         run_world(world, WorldConfig(), force=False)
         t0 = time.perf_counter()
@@ -224,13 +222,18 @@ def print_items(items: list[Any], title: str) -> None:
             "" if cloud is None else f"{cloud:.1f}",
             str(p.get("s2:processing_baseline", "")),
         )
-    Console().print(table)
+    out = Console()
+    out.width = max(out.width, 140)  # full item ids even when piped
+    out.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    # Commands print their own summaries; EOMAE_LOG=INFO shows every phase of the services.
     logging.basicConfig(
-        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)]
+        level=os.environ.get("EOMAE_LOG", "WARNING").upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=console)],
     )
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry chatter hides our errors
     args = sys.argv[1:] if argv is None else argv
@@ -239,14 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         console.print(f"[red]error:[/red] invalid arguments\n{describe_validation_error(e)}")
         return 2
-    except (WorldError, CatalogError, ConfigFileError) as e:
+    except (WorldError, CatalogError, ConfigFileError, ServiceError) as e:
         console.print(f"[red]error:[/red] {e}")
         return 2
-    except Exception as e:  # service errors come from infra.services, imported lazily
-        if type(e).__name__ == "ServiceError":
-            console.print(f"[red]error:[/red] {e}")
-            return 2
-        raise
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130

@@ -6,12 +6,14 @@ href just before it opens it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import pystac
 import pystac_client
 from pystac_client.exceptions import APIError
+from pystac_client.warnings import DoesNotConformTo
 
 PLANETARY_COMPUTER = "planetary-computer"
 PLANETARY_COMPUTER_URL = "https://planetarycomputer.microsoft.com/api/stac/v1"
@@ -61,6 +63,9 @@ def search_items(
     if sortby is not None:
         kwargs["sortby"] = sortby
     try:
-        return list(client.search(**kwargs).items())
+        with warnings.catch_warnings():
+            # stac-fastapi announces sort as STAC API 1.1; pystac-client only knows 1.0's URI.
+            warnings.simplefilter("ignore", DoesNotConformTo)
+            return list(client.search(**kwargs).items())
     except APIError as e:
         raise CatalogError(f"search of {collection!r} failed: {e}") from e

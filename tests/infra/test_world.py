@@ -221,10 +221,3 @@ def test_bad_input_is_refused_with_a_clear_message(
         generate_world(tmp_path / "notes", SMALL)
     assert main(["world", str(tmp_path / "notes")]) == 2
     assert (tmp_path / "notes" / "a.txt").read_text() == "mine"
-
-
-@pytest.fixture(scope="module")
-def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:  # TEMP until conftest merge
-    out = tmp_path_factory.mktemp("world") / "world"
-    generate_world(out, WorldConfig())
-    return out

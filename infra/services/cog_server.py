@@ -1,0 +1,161 @@
+"""HTTP server for the world's COGs, with Range requests and a transfer counter.
+
+Cloud-optimised reads need ``Range`` (206 Partial Content); Python's http.server ignores
+it and would send whole files. Starlette's ``StaticFiles`` answers single and multiple
+ranges, HEAD and If-Range, so this module only adds a counter of bytes and requests per
+path (``GET /_eomae/stats``, ``POST /_eomae/stats/reset``) that lets tests and benchmarks
+prove a windowed read fetched only part of a file.
+
+Run under uvicorn as ``python -m uvicorn infra.services.cog_server:create_app --factory``
+with the directory to serve in ``$EOMAE_COG_ROOT``; ``CogServer`` does that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from infra.services.process import ChildProcess, check_port_free, wait_http_ready
+
+logger = logging.getLogger(__name__)
+
+ROOT_ENV = "EOMAE_COG_ROOT"
+STATS_PATH = "/_eomae/stats"
+
+
+class TransferStats:
+    """Requests and response-body bytes per URL path (the server is one process)."""
+
+    def __init__(self) -> None:
+        self.requests: defaultdict[str, int] = defaultdict(int)
+        self.bytes_sent: defaultdict[str, int] = defaultdict(int)
+
+    def as_json(self) -> dict[str, object]:
+        """Totals plus per-path counts."""
+        return {
+            "requests": sum(self.requests.values()),
+            "bytes_sent": sum(self.bytes_sent.values()),
+            "paths": {
+                p: {"requests": n, "bytes_sent": self.bytes_sent[p]}
+                for p, n in sorted(self.requests.items())
+            },
+        }
+
+    def reset(self) -> None:
+        """Forget everything counted so far."""
+        self.requests.clear()
+        self.bytes_sent.clear()
+
+
+class CountingMiddleware:
+    """Pure ASGI middleware counting body bytes actually sent (206 bodies included)."""
+
+    def __init__(self, app: ASGIApp, stats: TransferStats) -> None:
+        self.app = app
+        self.stats = stats
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, counting what goes out (the stats routes are not counted)."""
+        if scope["type"] != "http" or scope["path"].startswith("/_eomae/"):
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        self.stats.requests[path] += 1
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                self.stats.bytes_sent[path] += len(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+def create_app(root: Path | None = None) -> Starlette:
+    """The ASGI app serving ``root`` (default ``$EOMAE_COG_ROOT``) read-only."""
+    directory = Path(root) if root is not None else Path(os.environ[ROOT_ENV])
+    stats = TransferStats()
+
+    async def get_stats(request: Request) -> JSONResponse:
+        return JSONResponse(stats.as_json())
+
+    async def reset_stats(request: Request) -> JSONResponse:
+        stats.reset()
+        return JSONResponse(stats.as_json())
+
+    app = Starlette(
+        routes=[
+            Route(STATS_PATH, get_stats, methods=["GET"]),
+            Route(f"{STATS_PATH}/reset", reset_stats, methods=["POST"]),
+            # follow_symlink: a world may link data it shares with another world.
+            Mount("/", StaticFiles(directory=directory, follow_symlink=True)),
+        ]
+    )
+    app.add_middleware(CountingMiddleware, stats=stats)
+    return app
+
+
+class CogServer:
+    """The COG server as a uvicorn child process on 127.0.0.1.
+
+    Args:
+        root: directory to serve (the world).
+        port: TCP port; must be free.
+        log_path: uvicorn's log file.
+    """
+
+    def __init__(self, root: Path, port: int, log_path: Path) -> None:
+        self.root = Path(root).absolute()
+        self.port = port
+        self.log_path = log_path
+        self._process: ChildProcess | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL; a file ``WORLD/a/b.tif`` is at ``{url}/a/b.tif``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of uvicorn while running."""
+        return self._process.pid if self._process is not None else None
+
+    def spawn(self) -> None:
+        """Start uvicorn without waiting for it (see ``wait_ready``)."""
+        check_port_free(self.port, "COG server")
+        argv = [
+            sys.executable, "-m", "uvicorn", "infra.services.cog_server:create_app",
+            "--factory", "--host", "127.0.0.1", "--port", str(self.port),
+            "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+        env = {**os.environ, ROOT_ENV: str(self.root), "PYTHONPATH": _pythonpath()}
+        self._process = ChildProcess("COG server", argv, self.log_path, env=env, cwd=self.root)
+        self._process.start()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the server answers, or raise with its log tail."""
+        assert self._process is not None, "spawn() first"
+        wait_http_ready(f"{self.url}{STATS_PATH}", self._process, timeout)
+        logger.info("COG server for %s at %s", self.root, self.url)
+
+    def stop(self) -> None:
+        """Stop uvicorn; idempotent."""
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
+
+def _pythonpath() -> str:
+    """PYTHONPATH that lets a child import ``infra`` even from a source checkout."""
+    repo_root = str(Path(__file__).resolve().parents[2])
+    existing = os.environ.get("PYTHONPATH")
+    return f"{repo_root}{os.pathsep}{existing}" if existing else repo_root

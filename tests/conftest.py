@@ -1,0 +1,58 @@
+"""Fixtures shared by the whole suite.
+
+Services
+    ``local_services``: the real local services (PostgreSQL + pgstac, stac-fastapi-pgstac,
+    COG server) serving the world of the ``world_dir`` fixture, started once per session.
+
+World
+    ``world_dir``: the default sample world (``WorldConfig()``), generated once per
+    session by the same code as ``eomae world``; tests compute their expectations from
+    its items and ``truth.json``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.services import LocalServices
+from infra.world import WorldConfig, generate_world
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default sample world, generated once per session (about 10 s)."""
+    out = tmp_path_factory.mktemp("world") / "world"
+    generate_world(out, WorldConfig())
+    return out
+
+
+@pytest.fixture(scope="session")
+def local_services(
+    world_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalServices]:
+    """Running services for ``world_dir``; ``.stac_url`` and ``.cog_url`` are live."""
+    state_dir = tmp_path_factory.mktemp("services")
+    services = LocalServices(world_dir, state_dir).start()
+    try:
+        yield services
+    finally:
+        services.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_relocated_clusters() -> Iterator[None]:
+    """Delete the database clusters this session kept under /tmp.
+
+    pytest's temp dirs are private (0700), so as root a cluster cannot live there and
+    PostgresCluster keeps it in /tmp/eomae-pgdata-* instead; those are ours to remove.
+    Set up first, torn down last: after every service has stopped.
+    """
+    before = set(Path(tempfile.gettempdir()).glob("eomae-pgdata-*"))
+    yield
+    for path in set(Path(tempfile.gettempdir()).glob("eomae-pgdata-*")) - before:
+        shutil.rmtree(path, ignore_errors=True)
