@@ -316,7 +316,9 @@ def _ground_points(
     return out
 
 
-def _write_aux(root: Path, landscape: Landscape, region: tuple[float, ...]) -> list[dict]:
+def _write_aux(
+    root: Path, landscape: Landscape, region: tuple[float, float, float, float]
+) -> list[dict]:
     """DEM tiles (1 arc-second, one pixel of overlap east and south) and WorldCover tiles."""
     items = []
     n_dem = round(AUX_TILE_DEG / dem.RESOLUTION_DEG)
@@ -329,7 +331,7 @@ def _write_aux(root: Path, landscape: Landscape, region: tuple[float, ...]) -> l
         shape = (n_dem + 1, n_dem + 1)
         cols, rows = np.meshgrid(np.arange(shape[1]) + 0.5, np.arange(shape[0]) + 0.5)
         plon, plat = transform @ (cols, rows)
-        _, elev, _ = landscape.sample(plon, plat)
+        _, elev, _ = landscape.sample(np.asarray(plon), np.asarray(plat))
         item = dem_item(lon, lat, "", transform, shape)
         path = root / "data" / dem.COLLECTION / f"{item['id']}.tif"
         write_cog(path, elev, crs="EPSG:4326", transform=transform, nodata=None)
@@ -372,7 +374,9 @@ def _write_truth_rasters(root: Path, landscape: Landscape) -> None:
     )
 
 
-def _write_catalog(root: Path, items: list[dict], region: tuple[float, ...], acqs: list) -> None:
+def _write_catalog(
+    root: Path, items: list[dict], region: tuple[float, float, float, float], acqs: list
+) -> None:
     catalog = pystac.Catalog(
         id="eomae-sample-world",
         description="The eomae sample world: synthetic Sentinel-2 L2A, Copernicus DEM and "
