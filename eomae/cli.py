@@ -3,7 +3,9 @@
     eomae world runs/demo/world            generate the sample world (COGs + STAC)
     eomae serve runs/demo/world            serve it: STAC API (pgstac) + COG server
     eomae search --catalog URL --bbox ...  search a STAC API (default Planetary Computer)
-    eomae demo                             world -> services -> search -> stop
+    eomae ingest --catalog URL --bbox W,S,E,N --start D --end D --run-dir RUN
+                                           STAC -> co-registered zarr cube (Ray)
+    eomae demo                             world -> services -> search -> ingest -> stop
 
 Every command takes `--config FILE.yaml`; flags override the file. Run
 `eomae COMMAND --help` for the fields, each with its description.
@@ -17,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +27,22 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, CliApp, CliPositionalArg, CliSubCommand
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from eomae.config import Command, ConfigFileError, describe_validation_error
 from infra.services import LocalServices, ServiceError
 from infra.world import WorldConfig, WorldError, generate_world
 from ingest.catalog import PLANETARY_COMPUTER, CatalogError, open_catalog, search_items
+from ingest.config import IngestConfig
+from ingest.raster import ReadError
+from ingest.run import UnitResult, run_ingest
 from ingest.sources import dem, sentinel2, worldcover
 
 console = Console(stderr=True)
@@ -124,6 +136,18 @@ class SearchCommand(Command):
         print_items(items, title=f"{cmd.collection} @ {client.self_href}")
 
 
+class IngestCommand(IngestConfig, Command):
+    """Ingest co-registered Sentinel-2, DEM and WorldCover from a STAC API into a zarr cube."""
+
+    def cli_cmd(self) -> None:
+        """Plan, run on Ray with a live progress bar, print the summary."""
+        cmd = self.resolved()
+        cfg = IngestConfig(**cmd.model_dump(include=set(IngestConfig.model_fields)))
+        summary = run_ingest_with_progress(cfg)
+        if summary["failed"]:
+            raise IngestFailed(f"{len(summary['failed'])} units failed; see the status table")
+
+
 class DemoCommand(Command):
     """The README's first command: sample world, local services, a search, stop."""
 
@@ -157,6 +181,15 @@ class DemoCommand(Command):
                 sortby="eo:cloud_cover",
             )
             print_items(scenes, title=f"Sentinel-2 L2A with cloud cover <= {cmd.max_cloud_cover}%")
+            ingest = IngestConfig(
+                catalog=svc.stac_url,
+                bbox=[tuple(region)],
+                start=date(2021, 1, 1),
+                end=date(2022, 12, 31),
+                max_cloud_cover=cmd.max_cloud_cover,
+                run_dir=str(cmd.run_dir),
+            )
+            run_ingest_with_progress(ingest)
         console.print("services stopped")
 
 
@@ -172,6 +205,7 @@ class Eomae(
     world: CliSubCommand[WorldCommand] = Field(description=WorldCommand.__doc__)
     serve: CliSubCommand[ServeCommand] = Field(description=ServeCommand.__doc__)
     search: CliSubCommand[SearchCommand] = Field(description=SearchCommand.__doc__)
+    ingest: CliSubCommand[IngestCommand] = Field(description=IngestCommand.__doc__)
     demo: CliSubCommand[DemoCommand] = Field(description=DemoCommand.__doc__)
 
     def cli_cmd(self) -> None:
@@ -198,6 +232,42 @@ def run_world(out: Path, cfg: WorldConfig, *, force: bool) -> None:
         f"world written to {out}: {cfg.tiles} tiles x {cfg.dates} dates of "
         f"{cfg.tile_size} px, {size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s"
     )
+
+
+class IngestFailed(RuntimeError):
+    """Some units failed (the run itself finished and recorded why)."""
+
+
+def run_ingest_with_progress(cfg: IngestConfig) -> dict[str, Any]:
+    """Run an ingest with a live progress bar (units, MB read, rate, ETA) and a summary."""
+    columns = (
+        TextColumn("ingest {task.completed}/{task.total} units"),
+        BarColumn(),
+        TextColumn("{task.fields[failed]} failed · {task.fields[mb]:.0f} MB read"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("ingest", total=None, failed=0, mb=0.0)
+        failed, mb = 0, 0.0
+
+        def update(result: UnitResult, done: int, total: int) -> None:
+            nonlocal failed, mb
+            failed += result.status == "failed"
+            mb += result.bytes_read / 1e6
+            bar.update(task, completed=done, total=total, failed=failed, mb=mb)
+
+        summary = run_ingest(cfg, progress=update)
+    table = Table(title=f"ingest: {summary['cube']}")
+    for key in ("units", "skipped_complete", "done", "plan_s", "read_s", "write_s",
+                "elapsed_s", "mb_read"):  # fmt: skip
+        table.add_row(key, str(summary[key]))
+    for unit_id, reason in summary["failed"]:
+        table.add_row(f"FAILED {unit_id}", reason)
+    out = Console()
+    out.width = max(out.width, 140)
+    out.print(table)
+    return summary
 
 
 def world_region(world: Path) -> list[float]:
@@ -242,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         console.print(f"[red]error:[/red] invalid arguments\n{describe_validation_error(e)}")
         return 2
-    except (WorldError, CatalogError, ConfigFileError, ServiceError) as e:
+    except (WorldError, CatalogError, ConfigFileError, ServiceError, IngestFailed, ReadError) as e:
         console.print(f"[red]error:[/red] {e}")
         return 2
     except KeyboardInterrupt:

@@ -6,8 +6,15 @@ This module is the one place that says what a Sentinel-2 band is. Everything dow
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
+
+import numpy as np
+from rasterio.enums import Resampling
+
+from ingest.grid import Grid
+from ingest.raster import ReadError, read_into_grid
 
 COLLECTION = "sentinel-2-l2a"
 NODATA = 0
@@ -89,3 +96,62 @@ def baseline_has_offset(baseline: str) -> bool:
     major, minor = (int(p) for p in baseline.split("."))
     ref_major, ref_minor = (int(p) for p in OFFSET_BASELINE.split("."))
     return (major, minor) >= (ref_major, ref_minor)
+
+
+def item_epsg(item: dict) -> int:
+    """The item's EPSG code, from proj:epsg (PC) or proj:code (projection extension v2)."""
+    props = item["properties"]
+    if props.get("proj:epsg"):
+        return int(props["proj:epsg"])
+    code = props.get("proj:code") or item["assets"]["B02"].get("proj:code", "")
+    if not str(code).upper().startswith("EPSG:"):
+        raise ValueError(f"item {item['id']} has neither proj:epsg nor an EPSG proj:code")
+    return int(str(code).split(":")[1])
+
+
+def tile_bounds(item: dict) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of the tile in its UTM CRS, from the 10 m asset's proj fields."""
+    asset = item["assets"]["B02"]
+    a, _, c, _, e, f = asset["proj:transform"][:6]
+    h, w = asset["proj:shape"]
+    return c, f + e * h, c + a * w, f
+
+
+def read_scene(item: dict, grid: Grid, max_reads: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """All 12 bands as stored (uint16 DN, [12, H, W]) and the SCL ([H, W]) on `grid`.
+
+    10 m bands on an aligned grid are copied exactly (nearest); 20/60 m bands are
+    bilinear; SCL is nearest. Up to `max_reads` rasters are read concurrently.
+    """
+    missing = [k for k in (*BAND_NAMES, SCL_ASSET) if k not in item["assets"]]
+    if missing:
+        raise ReadError(f"item {item['id']} lacks assets {missing}")
+
+    def read(key: str, resampling: Resampling) -> tuple[np.ndarray, int]:
+        href = item["assets"][key]["href"]
+        return read_into_grid(
+            href, grid, resampling, nodata=NODATA, dtype="uint8" if key == SCL_ASSET else "uint16"
+        )
+
+    jobs = {
+        b.name: (Resampling.nearest if b.resolution_m == 10 else Resampling.bilinear) for b in BANDS
+    }
+    jobs[SCL_ASSET] = Resampling.nearest
+    with ThreadPoolExecutor(max_workers=max_reads) as pool:
+        results = dict(zip(jobs, pool.map(lambda kv: read(*kv), jobs.items()), strict=True))
+    s2 = np.stack([results[name][0] for name in BAND_NAMES])
+    scl = results[SCL_ASSET][0]
+    return s2, scl, sum(nbytes for _, nbytes in results.values())
+
+
+def harmonise(dn: np.ndarray, baseline: str) -> np.ndarray:
+    """One scale for all baselines: remove the +1000 of 04.00 and later, clip at 0."""
+    if not baseline_has_offset(baseline):
+        return dn
+    return np.clip(dn.astype(np.int32) - BOA_ADD_OFFSET, 0, None).astype(np.uint16)
+
+
+def valid_mask(dn: np.ndarray, scl: np.ndarray) -> np.ndarray:
+    """Pixels with data in every band and an SCL class that is a clear surface observation."""
+    invalid_codes = [int(c) for c in INVALID_CLASSES]
+    return (dn != NODATA).all(axis=0) & ~np.isin(scl, invalid_codes)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
+from rasterio.enums import Resampling
+
+from ingest.grid import Grid
+from ingest.raster import mosaic
 
 COLLECTION = "esa-worldcover"
 ASSET = "map"
@@ -34,3 +41,8 @@ CLASSES: tuple[LandCoverClass, ...] = (
 )
 CODES: tuple[int, ...] = tuple(c.code for c in CLASSES)
 BY_CODE: dict[int, LandCoverClass] = {c.code: c for c in CLASSES}
+
+
+def read(hrefs: Sequence[str], grid: Grid) -> tuple[np.ndarray, int]:
+    """WorldCover codes (uint8, 0 where no item covers) mosaicked onto `grid`, nearest."""
+    return mosaic(hrefs, grid, Resampling.nearest, nodata=NODATA, dtype="uint8")

@@ -1,0 +1,90 @@
+"""Typed configuration of `eomae ingest`, validated once, before any work."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from shapely.geometry import box, shape
+from shapely.geometry.base import BaseGeometry
+
+from ingest.catalog import PLANETARY_COMPUTER
+
+BBox = tuple[float, float, float, float]
+
+
+class IngestConfig(BaseModel):
+    """What to ingest, from where, and how hard to push the catalog."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    catalog: str = Field(
+        PLANETARY_COMPUTER, description="`planetary-computer` or the URL of any STAC API."
+    )
+    bbox: list[BBox] = Field(
+        default_factory=list,
+        description="Areas of interest as west,south,east,north in degrees; repeatable.",
+    )
+    aoi_file: Path | None = Field(None, description="GeoJSON file with AOI polygons.")
+    start: date = Field(description="First acquisition date (inclusive), YYYY-MM-DD.")
+    end: date = Field(description="Last acquisition date (inclusive), YYYY-MM-DD.")
+    max_cloud_cover: float = Field(
+        30.0, ge=0, le=100, description="Skip scenes whose eo:cloud_cover exceeds this (percent)."
+    )
+    scenes_per_tile: int = Field(
+        4, ge=1, le=100, description="Keep the N least cloudy scenes of each MGRS tile."
+    )
+    spread_seasons: bool = Field(
+        False, description="Pick the scenes round-robin over seasons before cloud cover."
+    )
+    chip_size: int = Field(
+        64, ge=8, le=2048, description="Chip size in 10 m pixels; the grid snaps to it."
+    )
+    run_dir: str = Field("runs/ingest", description="Output run directory (path or fsspec URL).")
+    address: str | None = Field(
+        None, description="Ray cluster address; default: $RAY_ADDRESS or a local Ray."
+    )
+    max_concurrent_units: int = Field(
+        4, ge=1, le=1024, description="Units (tile x date) processed at once."
+    )
+    max_concurrent_reads: int = Field(
+        4, ge=1, le=64, description="Raster reads in flight per unit."
+    )
+
+    @field_validator("bbox")
+    @classmethod
+    def _bboxes_valid(cls, boxes: list[BBox]) -> list[BBox]:
+        for w, s, e, n in boxes:
+            if not (-180 <= w <= 180 and -180 <= e <= 180):
+                raise ValueError(f"longitude out of [-180, 180] in {(w, s, e, n)}")
+            if not (-90 <= s <= 90 and -90 <= n <= 90):
+                raise ValueError(f"latitude out of [-90, 90] in {(w, s, e, n)}")
+            if not (w < e and s < n):
+                raise ValueError(f"need west < east and south < north in {(w, s, e, n)}")
+        return boxes
+
+    @model_validator(mode="after")
+    def _aoi_and_dates(self) -> IngestConfig:
+        if not self.bbox and self.aoi_file is None:
+            raise ValueError("give an area of interest: --bbox W,S,E,N or --aoi-file FILE")
+        if self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        if self.aoi_file is not None and not Path(self.aoi_file).is_file():
+            raise ValueError(f"aoi_file {self.aoi_file} does not exist")
+        return self
+
+    @property
+    def datetime(self) -> str:
+        """The date range as a STAC datetime interval."""
+        return f"{self.start}T00:00:00Z/{self.end}T23:59:59Z"
+
+    def aois(self) -> list[BaseGeometry]:
+        """AOI geometries in EPSG:4326."""
+        geoms: list[BaseGeometry] = [box(*b) for b in self.bbox]
+        if self.aoi_file is not None:
+            data = json.loads(Path(self.aoi_file).read_text())
+            features = data.get("features", [data]) if data.get("type") != "Feature" else [data]
+            geoms += [shape(f.get("geometry", f)) for f in features]
+        return geoms

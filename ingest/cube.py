@@ -1,0 +1,63 @@
+"""The zarr (v3) cube: one group per unit, arrays chunked by chip, readable by xarray.
+
+A unit's group is complete only when its `complete` attribute is true, which is written
+after every array: a run killed mid-write leaves a group that the next run rewrites.
+Each group carries x/y coordinates, named dimensions and a CF grid mapping
+(`spatial_ref`), so `xarray.open_zarr(cube, group=unit_id)` gives a georeferenced dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import zarr
+from pyproj import CRS
+
+from ingest.grid import RESOLUTION_M, Grid
+
+CUBE_NAME = "cube.zarr"
+
+
+def open_cube(url: str) -> zarr.Group:
+    """Open (creating if needed) the cube's root group at a path or fsspec URL."""
+    return zarr.open_group(store=url, mode="a", zarr_format=3)
+
+
+def is_complete(cube: zarr.Group, unit_id: str) -> bool:
+    """Whether the unit's group exists and was fully written."""
+    try:
+        group = cube[unit_id]
+    except KeyError:
+        return False
+    return isinstance(group, zarr.Group) and bool(group.attrs.get("complete"))
+
+
+def write_unit(
+    cube: zarr.Group,
+    unit_id: str,
+    grid: Grid,
+    chip_size: int,
+    arrays: dict[str, np.ndarray],
+    attrs: dict[str, Any],
+) -> None:
+    """Write a unit's arrays ([bands,] H, W) and attributes, then mark it complete."""
+    group = cube.create_group(unit_id, overwrite=True)
+    crs = CRS.from_epsg(grid.epsg)
+    spatial_ref = group.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0)
+    geotransform = " ".join(map(str, grid.transform.to_gdal()))
+    spatial_ref.attrs.update(
+        {**crs.to_cf(), "spatial_ref": crs.to_wkt(), "GeoTransform": geotransform}
+    )
+    x = grid.left + (np.arange(grid.width) + 0.5) * RESOLUTION_M
+    y = grid.top - (np.arange(grid.height) + 0.5) * RESOLUTION_M
+    for name, values in (("x", x), ("y", y)):
+        coord = group.create_array(name, data=values, dimension_names=(name,))
+        coord.attrs.update({"units": "m", "standard_name": f"projection_{name}_coordinate"})
+    for name, data in arrays.items():
+        dims = ("band", "y", "x") if data.ndim == 3 else ("y", "x")
+        chunks = (data.shape[0], chip_size, chip_size) if data.ndim == 3 else (chip_size, chip_size)
+        arr = group.create_array(name, data=data, chunks=chunks, dimension_names=dims)
+        arr.attrs["grid_mapping"] = "spatial_ref"
+    group.attrs.update({**attrs, "epsg": grid.epsg, "transform": list(grid.transform)[:6]})
+    group.attrs["complete"] = True  # last: the unit counts as done only now

@@ -1,0 +1,151 @@
+"""Reading remote rasters into a target grid.
+
+Signing, GDAL settings for COGs over HTTP, retries with backoff, mosaics of several items.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import planetary_computer
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
+from tenacity import (
+    retry,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from ingest.grid import Grid
+
+log = logging.getLogger(__name__)
+
+# COGs over HTTP: never list directories, read headers in one go, merge adjacent ranges,
+# let GDAL itself retry 429/5xx, keep the block cache bounded per process.
+GDAL_ENV = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "0.5",
+    "GDAL_HTTP_TIMEOUT": "30",
+    "GDAL_CACHEMAX": "256",
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": "16000000",
+}
+_PERMANENT = re.compile(r"HTTP response code: (400|401|404|410)|not recognized as|No such file")
+_QUERY = re.compile(r"\?[^\s'\"]*")
+
+
+def configure_gdal() -> None:
+    """Apply GDAL_ENV through the environment, once per process (threads share it).
+
+    Environment variables rather than rasterio.Env, whose settings are per thread; values
+    the user exported win.
+    """
+    for key, value in GDAL_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+class ReadError(RuntimeError):
+    """A raster could not be read; the message never contains a signed URL."""
+
+
+def redact(text: str) -> str:
+    """Strip query strings (SAS tokens) from a message or href."""
+    return _QUERY.sub("?<redacted>", text)
+
+
+def sign(href: str) -> str:
+    """Sign a Planetary Computer blob href just before use; other hrefs pass through."""
+    return str(planetary_computer.sign(href))
+
+
+def _transient(e: BaseException) -> bool:
+    return isinstance(e, RasterioIOError) and not _PERMANENT.search(str(e))
+
+
+def _forbidden(e: BaseException) -> bool:
+    return isinstance(e, RasterioIOError) and "HTTP response code: 403" in str(e)
+
+
+@retry(
+    retry=retry_if_exception(_transient),
+    wait=wait_random_exponential(multiplier=0.5, max=8),
+    stop=stop_after_attempt(5),
+    reraise=True,
+)
+def _read_once(
+    href: str, grid: Grid, resampling: Resampling, nodata: float | None, dtype: str
+) -> tuple[np.ndarray, int]:
+    """One attempt; returns the array and the bytes it decoded."""
+    with rasterio.open(href) as src:
+        if src.crs is None:
+            raise ReadError(f"{redact(href)} has no CRS")
+        with WarpedVRT(
+            src,
+            crs=grid.crs,
+            transform=grid.transform,
+            width=grid.width,
+            height=grid.height,
+            resampling=resampling,
+            nodata=nodata,
+            dtype=dtype,
+        ) as vrt:
+            data = vrt.read(1)
+    return data, data.nbytes
+
+
+def read_into_grid(
+    href: str,
+    grid: Grid,
+    resampling: Resampling,
+    *,
+    nodata: float | None,
+    dtype: str,
+) -> tuple[np.ndarray, int]:
+    """Read band 1 of `href` warped onto `grid`; pixels it does not cover get `nodata`.
+
+    Signs the href just before opening it; on 403 (an expired token) signs afresh and
+    retries once. Errors name the unsigned href only.
+    """
+    configure_gdal()
+    try:
+        try:
+            return _read_once(sign(href), grid, resampling, nodata, dtype)
+        except RasterioIOError as e:
+            if not _forbidden(e):
+                raise
+            log.info("403 on %s: re-signing once", redact(href))
+            planetary_computer.sas.TOKEN_CACHE.clear()  # type: ignore[attr-defined]
+            return _read_once(sign(href), grid, resampling, nodata, dtype)
+    except RasterioIOError as e:
+        raise ReadError(f"cannot read {redact(href)}: {redact(str(e))}") from e
+
+
+def mosaic(
+    hrefs: Sequence[str],
+    grid: Grid,
+    resampling: Resampling,
+    *,
+    nodata: float,
+    dtype: str,
+) -> tuple[np.ndarray, int]:
+    """First-valid mosaic of several items on `grid` (overlaps hold the same ground)."""
+    out = np.full((grid.height, grid.width), nodata, dtype=dtype)
+    total = 0
+    for href in hrefs:
+        data, nbytes = read_into_grid(href, grid, resampling, nodata=nodata, dtype=dtype)
+        total += nbytes
+        empty = np.isnan(out) if np.isnan(nodata) else out == nodata
+        out[empty] = data[empty]
+    return out, total

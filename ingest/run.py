@@ -1,0 +1,188 @@
+"""`eomae ingest`: plan on the driver, one Ray task per unit, zarr cube, status table.
+
+    RUN/ingest/plan.json     the units (tile x date) with their item ids and hrefs
+    RUN/ingest/status.json   one row per unit: done / failed + reason + timings
+    RUN/cube.zarr            the cube (see ingest.cube)
+
+Re-running skips complete units; units that failed or were cut off run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import ray
+
+from ingest.catalog import open_catalog
+from ingest.config import IngestConfig
+from ingest.cube import CUBE_NAME, is_complete, open_cube, write_unit
+from ingest.plan import Unit, make_plan, plan_from_json, plan_to_json
+from ingest.raster import ReadError, redact
+from ingest.sources import dem, sentinel2, worldcover
+
+log = logging.getLogger(__name__)
+# Test-only fault injection: a unit whose id contains this string raises after reading.
+FAIL_UNIT_ENV = "EOMAE_TEST_FAIL_UNIT"
+
+
+@dataclass
+class UnitResult:
+    """What a unit task reports back to the driver."""
+
+    unit_id: str
+    status: str  # "done" | "failed" | "skipped"
+    reason: str = ""
+    read_s: float = 0.0
+    write_s: float = 0.0
+    bytes_read: int = 0
+    valid_fraction: float = 0.0
+
+
+def _url(run_dir: str, *parts: str) -> str:
+    return "/".join([run_dir.rstrip("/"), *parts])
+
+
+def process_unit(unit: Unit, cube_url: str, chip_size: int, max_reads: int) -> UnitResult:
+    """Read, co-register, harmonise, mask and write one unit. Never raises for bad data."""
+    t0 = time.perf_counter()
+    grid = unit.target
+    try:
+        if not unit.dem_hrefs:
+            raise ReadError(f"no {dem.COLLECTION} item covers tile {unit.mgrs_tile}")
+        if not unit.lc_hrefs:
+            raise ReadError(f"no {worldcover.COLLECTION} item covers tile {unit.mgrs_tile}")
+        dn, scl, n_s2 = sentinel2.read_scene(unit.s2_item, grid, max_reads)
+        elevation, n_dem = dem.read(unit.dem_hrefs, grid)
+        landcover, n_lc = worldcover.read(unit.lc_hrefs, grid)
+        covered = np.isfinite(elevation) & (landcover != worldcover.NODATA)
+        if not covered.any():
+            raise ReadError(f"DEM and land cover do not cover tile {unit.mgrs_tile}")
+        if os.environ.get(FAIL_UNIT_ENV) and os.environ[FAIL_UNIT_ENV] in unit.unit_id:
+            raise RuntimeError(f"injected failure in {unit.unit_id}")
+    except (ReadError, ValueError, KeyError) as e:
+        return UnitResult(unit.unit_id, "failed", redact(str(e)), time.perf_counter() - t0)
+    t1 = time.perf_counter()
+    valid = sentinel2.valid_mask(dn, scl) & covered
+    s2 = sentinel2.harmonise(dn, unit.baseline)
+    observed = scl != sentinel2.SceneClass.NO_DATA
+    cloudy = np.isin(scl, [int(c) for c in sentinel2.CLOUD_CLASSES])
+    attrs = {
+        "bands": list(sentinel2.BAND_NAMES),
+        "datetime": unit.datetime,
+        "mgrs_tile": unit.mgrs_tile,
+        "processing_baseline": unit.baseline,
+        "harmonised": True,
+        "items": {"s2": unit.s2_item["id"], "dem": unit.dem_items, "lc": unit.lc_items},
+        "hrefs": {
+            "s2": {k: redact(a["href"]) for k, a in unit.s2_item["assets"].items()},
+            "dem": [redact(h) for h in unit.dem_hrefs],
+            "lc": [redact(h) for h in unit.lc_hrefs],
+        },
+        "scene_cloud_cover": unit.cloud_cover,
+        "cloud_fraction": float(cloudy.sum() / max(observed.sum(), 1)),
+        "valid_fraction": float(valid.mean()),
+    }
+    arrays = {
+        "s2": s2,
+        "scl": scl,
+        "dem": np.nan_to_num(elevation, nan=0.0).astype(np.float32),
+        "lc": landcover,
+        "valid": valid,
+    }
+    write_unit(open_cube(cube_url), unit.unit_id, grid, chip_size, arrays, attrs)
+    return UnitResult(
+        unit.unit_id, "done", "", t1 - t0, time.perf_counter() - t1,
+        n_s2 + n_dem + n_lc, attrs["valid_fraction"],
+    )  # fmt: skip
+
+
+def plan_or_load(cfg: IngestConfig) -> list[Unit]:
+    """The run's plan: read it if this run dir has one with the same config, else make it."""
+    fs, path = fsspec.core.url_to_fs(_url(cfg.run_dir, "ingest", "plan.json"))
+    if fs.exists(path):
+        saved = json.loads(fs.cat_file(path))
+        if saved["config"] == cfg.model_dump(mode="json"):
+            return plan_from_json(json.dumps(saved))
+        raise ValueError(
+            f"{cfg.run_dir} holds an ingest with another config; use a new run directory"
+        )
+    units = make_plan(cfg, open_catalog(cfg.catalog))
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    with fs.open(path + ".tmp", "w") as f:
+        f.write(plan_to_json(units, cfg))
+    fs.mv(path + ".tmp", path)
+    return units
+
+
+def write_status(cfg: IngestConfig, rows: dict[str, dict[str, Any]]) -> None:
+    """Replace RUN/ingest/status.json atomically (temp file + rename)."""
+    fs, path = fsspec.core.url_to_fs(_url(cfg.run_dir, "ingest", "status.json"))
+    with fs.open(path + ".tmp", "w") as f:
+        json.dump(sorted(rows.values(), key=lambda r: r["unit_id"]), f, indent=1)
+    fs.mv(path + ".tmp", path)
+
+
+def run_ingest(
+    cfg: IngestConfig, progress: Callable[[UnitResult, int, int], None] | None = None
+) -> dict[str, Any]:
+    """Plan (or reload the plan), run every incomplete unit on Ray, return a summary."""
+    t0 = time.perf_counter()
+    units = plan_or_load(cfg)
+    t_plan = time.perf_counter() - t0
+    cube_url = _url(cfg.run_dir, CUBE_NAME)
+    cube = open_cube(cube_url)
+    todo = [u for u in units if not is_complete(cube, u.unit_id)]
+    rows: dict[str, dict[str, Any]] = {}
+    status_url = _url(cfg.run_dir, "ingest", "status.json")
+    fs, status_path = fsspec.core.url_to_fs(status_url)
+    if fs.exists(status_path):
+        rows = {r["unit_id"]: r for r in json.loads(fs.cat_file(status_path))}
+    for u in units:
+        if u.unit_id not in {t.unit_id for t in todo}:
+            rows.setdefault(u.unit_id, {"unit_id": u.unit_id, "status": "done", "reason": ""})
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.address, log_to_driver=False, include_dashboard=False)
+    task = ray.remote(num_cpus=1, max_retries=0)(process_unit)
+    pending: list[Any] = []
+    queue = list(todo)
+    results: list[UnitResult] = []
+    while queue or pending:
+        while queue and len(pending) < cfg.max_concurrent_units:
+            pending.append(
+                task.remote(queue.pop(0), cube_url, cfg.chip_size, cfg.max_concurrent_reads)
+            )
+        ready, pending = ray.wait(pending, num_returns=1)
+        result: UnitResult = ray.get(ready[0])
+        results.append(result)
+        rows[result.unit_id] = {
+            "unit_id": result.unit_id, "status": result.status, "reason": result.reason,
+            "read_s": round(result.read_s, 3), "write_s": round(result.write_s, 3),
+            "bytes_read": result.bytes_read, "valid_fraction": round(result.valid_fraction, 4),
+        }  # fmt: skip
+        write_status(cfg, rows)
+        if progress:
+            progress(result, len(results), len(todo))
+    write_status(cfg, rows)
+    done = [r for r in results if r.status == "done"]
+    elapsed = time.perf_counter() - t0
+    return {
+        "units": len(units),
+        "skipped_complete": len(units) - len(todo),
+        "done": len(done),
+        "failed": [(r.unit_id, r.reason) for r in results if r.status == "failed"],
+        "plan_s": round(t_plan, 2),
+        "read_s": round(sum(r.read_s for r in done), 2),
+        "write_s": round(sum(r.write_s for r in done), 2),
+        "elapsed_s": round(elapsed, 2),
+        "mb_read": round(sum(r.bytes_read for r in done) / 1e6, 1),
+        "cube": cube_url,
+    }
