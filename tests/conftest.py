@@ -4,6 +4,9 @@ Services
     ``local_services``: the real local services (PostgreSQL + pgstac, stac-fastapi-pgstac,
     COG server) serving the world of the ``world_dir`` fixture, started once per session.
 
+Ray
+    ``ray_session``: one local Ray (2 CPUs) for the whole session; Ray is slow to start.
+
 World
     ``world_dir``: the default sample world (``WorldConfig()``), generated once per
     session by the same code as ``eomae world``; tests compute their expectations from
@@ -12,6 +15,7 @@ World
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -56,3 +60,15 @@ def _remove_relocated_clusters() -> Iterator[None]:
     yield
     for path in set(Path(tempfile.gettempdir()).glob("eomae-pgdata-*")) - before:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """A local Ray shared by every test that needs one."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
