@@ -40,7 +40,7 @@ from eomae.config import Command, ConfigFileError, describe_validation_error
 from infra.services import LocalServices, ServiceError
 from infra.world import WorldConfig, WorldError, generate_world
 from ingest.catalog import PLANETARY_COMPUTER, CatalogError, open_catalog, search_items
-from ingest.config import IngestConfig
+from ingest.config import BBox, IngestConfig, check_bbox
 from ingest.raster import ReadError
 from ingest.run import UnitResult, run_ingest
 from ingest.sources import dem, sentinel2, worldcover
@@ -101,7 +101,7 @@ class SearchCommand(Command):
         PLANETARY_COMPUTER, description="`planetary-computer` or the URL of any STAC API."
     )
     collection: str = Field(sentinel2.COLLECTION, description="Collection id to search.")
-    bbox: tuple[float, float, float, float] | None = Field(
+    bbox: BBox | None = Field(
         None, description="West, south, east, north in degrees (EPSG:4326)."
     )
     datetime: str | None = Field(None, description="RFC 3339 instant or interval, `a/b`.")
@@ -112,12 +112,8 @@ class SearchCommand(Command):
 
     @field_validator("bbox")
     @classmethod
-    def _valid_bbox(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if v is not None:
-            w, s, e, n = v
-            if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
-                raise ValueError("needs -180 <= west < east <= 180 and -90 <= south < north <= 90")
-        return v
+    def _valid_bbox(cls, v: BBox | None) -> BBox | None:
+        return None if v is None else check_bbox(v)
 
     def cli_cmd(self) -> None:
         """Run the search and print a table of the items."""

@@ -15,6 +15,18 @@ from ingest.catalog import PLANETARY_COMPUTER
 BBox = tuple[float, float, float, float]
 
 
+def check_bbox(bbox: BBox) -> BBox:
+    """Raise ValueError naming the box unless it is a valid west,south,east,north box."""
+    w, s, e, n = bbox
+    if not (-180 <= w <= 180 and -180 <= e <= 180):
+        raise ValueError(f"longitude out of [-180, 180] in {bbox}")
+    if not (-90 <= s <= 90 and -90 <= n <= 90):
+        raise ValueError(f"latitude out of [-90, 90] in {bbox}")
+    if not (w < e and s < n):
+        raise ValueError(f"need west < east and south < north in {bbox}")
+    return bbox
+
+
 class IngestConfig(BaseModel):
     """What to ingest, from where, and how hard to push the catalog."""
 
@@ -56,14 +68,7 @@ class IngestConfig(BaseModel):
     @field_validator("bbox")
     @classmethod
     def _bboxes_valid(cls, boxes: list[BBox]) -> list[BBox]:
-        for w, s, e, n in boxes:
-            if not (-180 <= w <= 180 and -180 <= e <= 180):
-                raise ValueError(f"longitude out of [-180, 180] in {(w, s, e, n)}")
-            if not (-90 <= s <= 90 and -90 <= n <= 90):
-                raise ValueError(f"latitude out of [-90, 90] in {(w, s, e, n)}")
-            if not (w < e and s < n):
-                raise ValueError(f"need west < east and south < north in {(w, s, e, n)}")
-        return boxes
+        return [check_bbox(b) for b in boxes]
 
     @model_validator(mode="after")
     def _aoi_and_dates(self) -> IngestConfig:
