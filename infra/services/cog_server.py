@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from infra.services.process import ChildProcess, check_port_free, wait_http_ready
+from infra.services.process import UvicornServer
 
 logger = logging.getLogger(__name__)
 
@@ -104,54 +103,26 @@ def create_app(root: Path | None = None) -> Starlette:
     return app
 
 
-class CogServer:
+class CogServer(UvicornServer):
     """The COG server as a uvicorn child process on 127.0.0.1.
 
     Args:
-        root: directory to serve (the world).
+        root: directory to serve (the world); ``WORLD/a/b.tif`` is at ``{url}/a/b.tif``.
         port: TCP port; must be free.
         log_path: uvicorn's log file.
     """
 
+    NAME = "COG server"
+    APP = "infra.services.cog_server:create_app"
+    HEALTH_PATH = STATS_PATH
+
     def __init__(self, root: Path, port: int, log_path: Path) -> None:
         self.root = Path(root).absolute()
-        self.port = port
-        self.log_path = log_path
-        self._process: ChildProcess | None = None
+        super().__init__(port, log_path, cwd=self.root)
 
-    @property
-    def url(self) -> str:
-        """Base URL; a file ``WORLD/a/b.tif`` is at ``{url}/a/b.tif``."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of uvicorn while running."""
-        return self._process.pid if self._process is not None else None
-
-    def spawn(self) -> None:
-        """Start uvicorn without waiting for it (see ``wait_ready``)."""
-        check_port_free(self.port, "COG server")
-        argv = [
-            sys.executable, "-m", "uvicorn", "infra.services.cog_server:create_app",
-            "--factory", "--host", "127.0.0.1", "--port", str(self.port),
-            "--log-level", "warning", "--no-access-log",
-        ]  # fmt: skip
-        env = {**os.environ, ROOT_ENV: str(self.root), "PYTHONPATH": _pythonpath()}
-        self._process = ChildProcess("COG server", argv, self.log_path, env=env, cwd=self.root)
-        self._process.start()
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Block until the server answers, or raise with its log tail."""
-        assert self._process is not None, "spawn() first"
-        wait_http_ready(f"{self.url}{STATS_PATH}", self._process, timeout)
-        logger.info("COG server for %s at %s", self.root, self.url)
-
-    def stop(self) -> None:
-        """Stop uvicorn; idempotent."""
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
+    def environment(self) -> dict[str, str]:
+        """The directory to serve, and a PYTHONPATH under which ``infra`` imports."""
+        return {**os.environ, ROOT_ENV: str(self.root), "PYTHONPATH": _pythonpath()}
 
 
 def _pythonpath() -> str:

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -229,3 +230,61 @@ def wait_http_ready(url: str, child: ChildProcess, timeout: float, interval: flo
         f"{child.name} did not become ready at {url} within {timeout:.0f} s ({last}); "
         f"log {child.log_path}:\n{child.log_tail()}"
     )
+
+
+class UvicornServer:
+    """An ASGI app factory served by uvicorn as a child process on 127.0.0.1.
+
+    Subclasses name the app (``APP``), the service (``NAME``), the path that answers once
+    the server is really ready (``HEALTH_PATH``) and the child's environment.
+    """
+
+    NAME = "server"
+    APP = ""
+    HEALTH_PATH = "/"
+    LOG_LEVEL = "warning"
+
+    def __init__(self, port: int, log_path: Path, cwd: Path) -> None:
+        self.port = port
+        self.log_path = log_path
+        self.cwd = cwd
+        self._process: ChildProcess | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of uvicorn while running."""
+        return self._process.pid if self._process is not None else None
+
+    def environment(self) -> dict[str, str]:
+        """Environment of the child process."""
+        return dict(os.environ)
+
+    def spawn(self) -> None:
+        """Start uvicorn without waiting for it (see ``wait_ready``)."""
+        check_port_free(self.port, self.NAME)
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable, "-m", "uvicorn", self.APP, "--factory",
+            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", self.LOG_LEVEL,
+        ]  # fmt: skip
+        self._process = ChildProcess(
+            self.NAME, argv, self.log_path, env=self.environment(), cwd=self.cwd
+        )
+        self._process.start()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Block until HEALTH_PATH answers, or raise with the server's log tail."""
+        assert self._process is not None, "spawn() first"
+        wait_http_ready(f"{self.url}{self.HEALTH_PATH}", self._process, timeout)
+        logger.info("%s at %s", self.NAME, self.url)
+
+    def stop(self) -> None:
+        """Stop uvicorn; idempotent."""
+        if self._process is not None:
+            self._process.stop()
+            self._process = None

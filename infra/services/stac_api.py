@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
-from infra.services.process import ChildProcess, check_port_free, wait_http_ready
+from infra.services.process import UvicornServer
 
 logger = logging.getLogger(__name__)
 
 READ_EXTENSIONS = ["query", "sort", "fields", "filter", "pagination", "collection_search"]
 
 
-class StacApiServer:
+class StacApiServer(UvicornServer):
     """stac-fastapi-pgstac on 127.0.0.1, reading the pgstac database at ``pg_port``.
 
     Args:
@@ -32,6 +31,12 @@ class StacApiServer:
             it must be one we own rather than wherever the user happens to be.
     """
 
+    NAME = "STAC API"
+    APP = "stac_fastapi.pgstac.app:create_app"
+    # /_mgmt/health, unlike /_mgmt/ping, only answers 200 once pgstac is reachable.
+    HEALTH_PATH = "/_mgmt/health"
+    LOG_LEVEL = "info"
+
     def __init__(
         self,
         port: int,
@@ -41,23 +46,10 @@ class StacApiServer:
         log_path: Path,
         workdir: Path,
     ) -> None:
-        self.port = port
+        super().__init__(port, log_path, cwd=workdir)
         self.pg_port = pg_port
         self.pg_user = pg_user
         self.pg_database = pg_database
-        self.log_path = log_path
-        self.workdir = workdir
-        self._process: ChildProcess | None = None
-
-    @property
-    def url(self) -> str:
-        """Landing page URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of uvicorn while running."""
-        return self._process.pid if self._process is not None else None
 
     def environment(self) -> dict[str, str]:
         """Environment for the API (names from ``stac_fastapi.pgstac.config``)."""
@@ -75,30 +67,3 @@ class StacApiServer:
             STAC_FASTAPI_LANDING_ID="eomae-sample-world",
         )
         return env
-
-    def spawn(self) -> None:
-        """Start uvicorn without waiting for it (see ``wait_ready``)."""
-        check_port_free(self.port, "STAC API")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app",
-            "--factory", "--host", "127.0.0.1", "--port", str(self.port),
-            "--log-level", "info",
-        ]  # fmt: skip
-        self._process = ChildProcess(
-            "STAC API", argv, self.log_path, env=self.environment(), cwd=self.workdir
-        )
-        self._process.start()
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        """Block until the API answers with a working database connection."""
-        assert self._process is not None, "spawn() first"
-        # /_mgmt/health, unlike /_mgmt/ping, only answers 200 once pgstac is reachable.
-        wait_http_ready(f"{self.url}/_mgmt/health", self._process, timeout)
-        logger.info("STAC API at %s", self.url)
-
-    def stop(self) -> None:
-        """Stop uvicorn; idempotent."""
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
