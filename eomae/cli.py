@@ -36,7 +36,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from eomae.config import Command, ConfigFileError, describe_validation_error
+from eomae.config import Command, ConfigFileError, describe_validation_error, expand_config
 from infra.services import LocalServices, ServiceError
 from infra.world import WorldConfig, WorldError, generate_world
 from ingest.catalog import PLANETARY_COMPUTER, CatalogError, open_catalog, search_items
@@ -57,7 +57,7 @@ class WorldCommand(WorldConfig, Command):
 
     def cli_cmd(self) -> None:
         """Generate with a progress bar, then summarise what was written."""
-        cmd = self.resolved()
+        cmd = self
         cfg = WorldConfig(**cmd.model_dump(include=set(WorldConfig.model_fields)))
         run_world(cmd.out, cfg, force=cmd.force)
 
@@ -78,7 +78,7 @@ class ServeCommand(Command):
 
     def cli_cmd(self) -> None:
         """Start, print the URLs, serve until Ctrl-C or SIGTERM, stop cleanly."""
-        cmd = self.resolved()
+        cmd = self
         state = cmd.state_dir or cmd.world.resolve().parent / "services"
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -101,9 +101,7 @@ class SearchCommand(Command):
         PLANETARY_COMPUTER, description="`planetary-computer` or the URL of any STAC API."
     )
     collection: str = Field(sentinel2.COLLECTION, description="Collection id to search.")
-    bbox: BBox | None = Field(
-        None, description="West, south, east, north in degrees (EPSG:4326)."
-    )
+    bbox: BBox | None = Field(None, description="West, south, east, north in degrees (EPSG:4326).")
     datetime: str | None = Field(None, description="RFC 3339 instant or interval, `a/b`.")
     max_cloud_cover: float | None = Field(
         None, ge=0, le=100, description="Keep items with eo:cloud_cover at most this (percent)."
@@ -117,7 +115,7 @@ class SearchCommand(Command):
 
     def cli_cmd(self) -> None:
         """Run the search and print a table of the items."""
-        cmd = self.resolved()
+        cmd = self
         client = open_catalog(cmd.catalog)
         sortby = "eo:cloud_cover" if cmd.collection == sentinel2.COLLECTION else None
         items = search_items(
@@ -137,7 +135,7 @@ class IngestCommand(IngestConfig, Command):
 
     def cli_cmd(self) -> None:
         """Plan, run on Ray with a live progress bar, print the summary."""
-        cmd = self.resolved()
+        cmd = self
         cfg = IngestConfig(**cmd.model_dump(include=set(IngestConfig.model_fields)))
         summary = run_ingest_with_progress(cfg)
         if summary["failed"]:
@@ -154,7 +152,7 @@ class DemoCommand(Command):
 
     def cli_cmd(self) -> None:
         """Generate (or reuse) the world, serve it, search each collection, stop."""
-        cmd = self.resolved()
+        cmd = self
         world = cmd.run_dir / "world"
         run_world(world, WorldConfig(), force=False)
         t0 = time.perf_counter()
@@ -302,15 +300,17 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[RichHandler(console=console)],
     )
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry chatter hides our errors
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        CliApp.run(Eomae, cli_args=args)
+        CliApp.run(Eomae, cli_args=expand_config(args))
     except ValidationError as e:
         console.print(f"[red]error:[/red] invalid arguments\n{describe_validation_error(e)}")
         return 2
     except (WorldError, CatalogError, ConfigFileError, ServiceError, IngestFailed, ReadError) as e:
         console.print(f"[red]error:[/red] {e}")
         return 2
+    except SystemExit as e:  # argparse: --help (0) or unknown flags (2, message printed)
+        return int(e.code or 0)
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130

@@ -1,14 +1,18 @@
-"""Command configs: a YAML file for the defaults of a run, flags on top of it."""
+"""Command configs: a YAML file for the defaults of a run, flags on top of it.
+
+`--config FILE.yaml` is expanded into flags placed before the ones typed, so the file and
+the flags go through one parser and one validation, and a typed flag wins (argparse
+keeps the last value). Unknown keys fail like unknown flags.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
-
-M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigFileError(ValueError):
@@ -16,32 +20,11 @@ class ConfigFileError(ValueError):
 
 
 class Command(BaseModel):
-    """Base of every subcommand: `--config FILE` supplies fields that flags did not set."""
+    """Base of every subcommand: documents `--config` (expanded before parsing)."""
 
     config: Path | None = Field(
         None, description="YAML file with this command's settings; flags override it."
     )
-
-    def resolved(self: M) -> M:
-        """Return this command with the YAML file's values under the flags that were given."""
-        path = getattr(self, "config", None)
-        if path is None:
-            return self
-        data = load_yaml(path)
-        data = {k.replace("-", "_"): v for k, v in data.items()}
-        flags = {k: getattr(self, k) for k in self.model_fields_set}
-        return type(self).model_validate({**data, **flags})
-
-
-def describe_validation_error(e: ValidationError) -> str:
-    """One line per bad field, naming it as the user wrote it (`--tile-size`)."""
-    lines = []
-    for err in e.errors():
-        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
-        field = "--" + loc[-1].replace("_", "-") if loc else "input"
-        given = f" (got {err['input']!r})" if "input" in err and loc else ""
-        lines.append(f"{field}: {err['msg']}{given}")
-    return "\n".join(lines)
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -51,5 +34,43 @@ def load_yaml(path: Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError) as e:
         raise ConfigFileError(f"cannot read {path}: {e}") from e
     if not isinstance(data, dict):
-        raise ConfigFileError(f"{path} must hold a mapping")
+        raise ConfigFileError(f"{path} must hold a mapping of field: value")
     return data
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def expand_config(argv: list[str]) -> list[str]:
+    """Replace `--config FILE` in a subcommand's arguments by the file's fields as flags."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            path, rest = argv[i + 1], argv[:i] + argv[i + 2 :]
+        elif arg.startswith("--config="):
+            path, rest = arg.split("=", 1)[1], argv[:i] + argv[i + 1 :]
+        else:
+            continue
+        flags = []
+        for key, value in load_yaml(Path(path)).items():
+            flags += [f"--{str(key).replace('_', '-')}", _flag_value(value)]
+        return rest[:1] + flags + rest[1:]  # after the subcommand, before typed flags
+    return argv
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """One line per bad field, naming it as the user wrote it (`--tile-size`)."""
+    lines = []
+    for err in e.errors():
+        if isinstance(err.get("input"), dict):  # a check across fields: the message says it
+            lines.append(err["msg"].removeprefix("Value error, "))
+            continue
+        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+        field = "--" + loc[-1].replace("_", "-") if loc else "input"
+        given = f" (got {err['input']!r})" if "input" in err and loc else ""
+        lines.append(f"{field}: {err['msg']}{given}")
+    return "\n".join(lines)

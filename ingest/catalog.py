@@ -13,10 +13,28 @@ from typing import Any
 import pystac
 import pystac_client
 from pystac_client.exceptions import APIError
+from pystac_client.stac_api_io import StacApiIO
 from pystac_client.warnings import DoesNotConformTo
+from urllib3.util.retry import Retry
 
 PLANETARY_COMPUTER = "planetary-computer"
 PLANETARY_COMPUTER_URL = "https://planetarycomputer.microsoft.com/api/stac/v1"
+
+# Every request to the API (open, collections, each search page; POST included): retry
+# 429/5xx and dropped connections with exponential backoff and jitter, bounded (6 tries,
+# under 10 s of waiting in all; Retry-After honoured). A refused connection is retried
+# twice only, so an unreachable catalog fails fast.
+RETRY = Retry(
+    total=5,
+    connect=2,
+    backoff_factor=0.25,
+    backoff_jitter=0.5,
+    backoff_max=8,
+    status_forcelist=(429, 500, 502, 503, 504),
+    allowed_methods=None,
+    respect_retry_after_header=True,
+)
+TIMEOUT_S = (10, 60)  # connect, read
 
 
 class CatalogError(RuntimeError):
@@ -32,8 +50,10 @@ def open_catalog(catalog: str) -> pystac_client.Client:
     """Open a STAC API; fail with a message naming the URL when it cannot be reached."""
     url = catalog_url(catalog)
     try:
-        return pystac_client.Client.open(url)
-    except (APIError, OSError, pystac.STACError) as e:
+        return pystac_client.Client.open(
+            url, stac_io=StacApiIO(max_retries=RETRY), timeout=TIMEOUT_S
+        )
+    except (APIError, OSError, ValueError, pystac.STACError) as e:
         raise CatalogError(f"cannot open STAC API {url}: {e}") from e
 
 
@@ -48,7 +68,10 @@ def search_items(
     limit: int = 100,
 ) -> list[pystac.Item]:
     """All items of `collection` matching the filters, following every result page."""
-    known = {c.id for c in client.get_collections()}
+    try:
+        known = {c.id for c in client.get_collections()}
+    except APIError as e:
+        raise CatalogError(f"cannot list the collections of {client.self_href}: {e}") from e
     if collection not in known:
         raise CatalogError(
             f"collection {collection!r} not in {client.self_href}; it has: {sorted(known)}"

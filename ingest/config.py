@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from shapely.geometry import box, shape
@@ -64,6 +65,18 @@ class IngestConfig(BaseModel):
     max_concurrent_reads: int = Field(
         4, ge=1, le=64, description="Raster reads in flight per unit."
     )
+
+    @field_validator("bbox", mode="before")
+    @classmethod
+    def _group_flat_numbers(cls, value: Any) -> Any:
+        """Accept `W,S,E,N` (one box, as typed on the command line) besides a list of boxes."""
+        if isinstance(value, str):
+            value = value.replace("[", "").replace("]", "").split(",")
+        if isinstance(value, list | tuple) and value and not isinstance(value[0], list | tuple):
+            if len(value) % 4:
+                raise ValueError(f"a bbox needs 4 numbers W,S,E,N; got {len(value)}: {value}")
+            return [tuple(value[i : i + 4]) for i in range(0, len(value), 4)]
+        return value
 
     @field_validator("bbox")
     @classmethod

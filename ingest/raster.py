@@ -5,6 +5,9 @@ Signing, GDAL settings for COGs over HTTP, retries with backoff, mosaics of seve
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
 import re
@@ -17,6 +20,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
 from tenacity import (
+    RetryCallState,
     retry,
     retry_if_exception,
     stop_after_attempt,
@@ -43,17 +47,34 @@ GDAL_ENV = {
     "VSI_CACHE_SIZE": "16000000",
 }
 _PERMANENT = re.compile(r"HTTP response code: (400|401|404|410)|not recognized as|No such file")
-_QUERY = re.compile(r"\?[^\s'\"]*")
+_QUERY = re.compile(r"\?(?!<redacted>)[^\s'\"]*")  # a second pass keeps the first
+
+
+class _RedactFilter(logging.Filter):
+    """Strip query strings (SAS tokens) from a log record: GDAL's messages quote URLs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        return True
+
+
+_REDACT_FILTER = _RedactFilter()
 
 
 def configure_gdal() -> None:
     """Apply GDAL_ENV through the environment, once per process (threads share it).
 
     Environment variables rather than rasterio.Env, whose settings are per thread; values
-    the user exported win.
+    the user exported win. Also redacts every rasterio logger (GDAL's retry warnings
+    quote the signed URL).
     """
     for key, value in GDAL_ENV.items():
         os.environ.setdefault(key, value)
+    for name in list(logging.root.manager.loggerDict):
+        if name == "rasterio" or name.startswith("rasterio."):
+            logger = logging.getLogger(name)
+            if _REDACT_FILTER not in logger.filters:
+                logger.addFilter(_REDACT_FILTER)
 
 
 class ReadError(RuntimeError):
@@ -78,10 +99,54 @@ def _forbidden(e: BaseException) -> bool:
     return isinstance(e, RasterioIOError) and "HTTP response code: 403" in str(e)
 
 
+@functools.cache
+def _libgdal() -> ctypes.CDLL | None:
+    """The GDAL library rasterio has loaded (the same instance, so the same caches)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libgdal" in line}
+    except OSError:
+        paths = set()
+    name = next(iter(sorted(paths)), None) or ctypes.util.find_library("gdal")
+    if name is None:
+        return None
+    lib = ctypes.CDLL(name)
+    lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
+    return lib
+
+
+def _forget_failure(state: RetryCallState) -> None:
+    """Before a retry: drop what GDAL cached about the href, failed open included.
+
+    /vsicurl/ remembers per process that a file could not be opened, so without this
+    every retry of a file whose first attempt hit a 5xx fails again without a request.
+    """
+    href = state.args[0]
+    lib = _libgdal()
+    if lib is not None and href.startswith(("http://", "https://")):
+        lib.VSICurlPartialClearCache(f"/vsicurl/{href}".encode())
+
+
+def _describe(e: BaseException) -> str:
+    """GDAL's messages behind a rasterio error, outermost first, without repeats.
+
+    rasterio's own message is often just "Read failed. See previous exception".
+    """
+    messages: list[str] = []
+    cause: BaseException | None = e
+    while cause is not None and len(messages) < 4:
+        text = str(cause)
+        if text and "See previous exception" not in text and not any(text in m for m in messages):
+            messages.append(text)
+        cause = cause.__cause__ or cause.__context__
+    return "; ".join(messages) or type(e).__name__
+
+
 @retry(
     retry=retry_if_exception(_transient),
     wait=wait_random_exponential(multiplier=0.5, max=8),
     stop=stop_after_attempt(5),
+    before_sleep=_forget_failure,
     reraise=True,
 )
 def _read_once(
@@ -129,7 +194,7 @@ def read_into_grid(
             planetary_computer.sas.TOKEN_CACHE.clear()  # type: ignore[attr-defined]
             return _read_once(sign(href), grid, resampling, nodata, dtype)
     except RasterioIOError as e:
-        raise ReadError(f"cannot read {redact(href)}: {redact(str(e))}") from e
+        raise ReadError(f"cannot read {redact(href)}: {redact(_describe(e))}") from e
 
 
 def mosaic(

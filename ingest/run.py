@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,13 +23,11 @@ import ray
 from ingest.catalog import open_catalog
 from ingest.config import IngestConfig
 from ingest.cube import CUBE_NAME, is_complete, open_cube, write_unit
-from ingest.plan import Unit, make_plan, plan_from_json, plan_to_json
+from ingest.plan import Unit, make_plan, plan_to_json
 from ingest.raster import ReadError, redact
 from ingest.sources import dem, sentinel2, worldcover
 
 log = logging.getLogger(__name__)
-# Test-only fault injection: a unit whose id contains this string raises after reading.
-FAIL_UNIT_ENV = "EOMAE_TEST_FAIL_UNIT"
 
 
 @dataclass
@@ -50,8 +47,13 @@ def _url(run_dir: str, *parts: str) -> str:
     return "/".join([run_dir.rstrip("/"), *parts])
 
 
-def process_unit(unit: Unit, cube_url: str, chip_size: int, max_reads: int) -> UnitResult:
-    """Read, co-register, harmonise, mask and write one unit. Never raises for bad data."""
+def process_unit(
+    unit: Unit, cube_url: str, chip_size: int, max_reads: int, inject_failure: bool = False
+) -> UnitResult:
+    """Read, co-register, harmonise, mask and write one unit. Never raises for bad data.
+
+    `inject_failure` (tests only) raises a RuntimeError after the reads, as a bug would.
+    """
     t0 = time.perf_counter()
     grid = unit.target
     try:
@@ -65,7 +67,7 @@ def process_unit(unit: Unit, cube_url: str, chip_size: int, max_reads: int) -> U
         covered = np.isfinite(elevation) & (landcover != worldcover.NODATA)
         if not covered.any():
             raise ReadError(f"DEM and land cover do not cover tile {unit.mgrs_tile}")
-        if os.environ.get(FAIL_UNIT_ENV) and os.environ[FAIL_UNIT_ENV] in unit.unit_id:
+        if inject_failure:
             raise RuntimeError(f"injected failure in {unit.unit_id}")
     except (ReadError, ValueError, KeyError) as e:
         return UnitResult(unit.unit_id, "failed", redact(str(e)), time.perf_counter() - t0)
@@ -100,20 +102,34 @@ def process_unit(unit: Unit, cube_url: str, chip_size: int, max_reads: int) -> U
     write_unit(open_cube(cube_url), unit.unit_id, grid, chip_size, arrays, attrs)
     return UnitResult(
         unit.unit_id, "done", "", t1 - t0, time.perf_counter() - t1,
-        n_s2 + n_dem + n_lc, attrs["valid_fraction"],
+        n_s2 + n_dem + n_lc, float(valid.mean()),
     )  # fmt: skip
 
 
+# What a run directory's data depends on; the catalog URL, Ray address and concurrency
+# may change between runs (the local services get new ports on every start).
+PLAN_FIELDS = frozenset(
+    {"bbox", "aoi_file", "start", "end", "max_cloud_cover", "scenes_per_tile",
+     "spread_seasons", "chip_size"}
+)  # fmt: skip
+
+
 def plan_or_load(cfg: IngestConfig) -> list[Unit]:
-    """The run's plan: read it if this run dir has one with the same config, else make it."""
+    """Plan afresh (hrefs current), refusing a run dir planned with other data settings.
+
+    A re-run searches again rather than trusting saved hrefs: signed or locally served
+    URLs go stale, while the selection of units is the same for the same settings.
+    """
     fs, path = fsspec.core.url_to_fs(_url(cfg.run_dir, "ingest", "plan.json"))
     if fs.exists(path):
-        saved = json.loads(fs.cat_file(path))
-        if saved["config"] == cfg.model_dump(mode="json"):
-            return plan_from_json(json.dumps(saved))
-        raise ValueError(
-            f"{cfg.run_dir} holds an ingest with another config; use a new run directory"
-        )
+        saved = json.loads(fs.cat_file(path))["config"]
+        current = cfg.model_dump(mode="json")
+        changed = sorted(k for k in PLAN_FIELDS if saved.get(k) != current.get(k))
+        if changed:
+            raise ValueError(
+                f"{cfg.run_dir} holds an ingest with other settings ({', '.join(changed)}); "
+                "use a new run directory"
+            )
     units = make_plan(cfg, open_catalog(cfg.catalog))
     fs.makedirs(fs._parent(path), exist_ok=True)
     with fs.open(path + ".tmp", "w") as f:
@@ -125,17 +141,30 @@ def plan_or_load(cfg: IngestConfig) -> list[Unit]:
 def write_status(cfg: IngestConfig, rows: dict[str, dict[str, Any]]) -> None:
     """Replace RUN/ingest/status.json atomically (temp file + rename)."""
     fs, path = fsspec.core.url_to_fs(_url(cfg.run_dir, "ingest", "status.json"))
+    fs.makedirs(fs._parent(path), exist_ok=True)
     with fs.open(path + ".tmp", "w") as f:
         json.dump(sorted(rows.values(), key=lambda r: r["unit_id"]), f, indent=1)
     fs.mv(path + ".tmp", path)
 
 
 def run_ingest(
-    cfg: IngestConfig, progress: Callable[[UnitResult, int, int], None] | None = None
+    cfg: IngestConfig,
+    progress: Callable[[UnitResult, int, int], None] | None = None,
+    *,
+    units: list[Unit] | None = None,
+    _fail_units: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Plan (or reload the plan), run every incomplete unit on Ray, return a summary."""
+    """Plan, run every incomplete unit on Ray, return a summary.
+
+    `units` runs a plan the caller already made (and wrote) instead of planning here.
+
+    A unit whose task raises (a bug, a crashed worker) is recorded as failed with the
+    error and the run goes on. `_fail_units` (tests only): substrings of unit ids whose
+    task raises after reading.
+    """
     t0 = time.perf_counter()
-    units = plan_or_load(cfg)
+    if units is None:
+        units = plan_or_load(cfg)
     t_plan = time.perf_counter() - t0
     cube_url = _url(cfg.run_dir, CUBE_NAME)
     cube = open_cube(cube_url)
@@ -151,17 +180,26 @@ def run_ingest(
 
     if not ray.is_initialized():
         ray.init(address=cfg.address, log_to_driver=False, include_dashboard=False)
-    task = ray.remote(num_cpus=1, max_retries=0)(process_unit)
-    pending: list[Any] = []
+    # Any: ray's typed overloads of .remote stop short of the optional argument.
+    task: Any = ray.remote(num_cpus=1, max_retries=0)(process_unit)
+    pending: dict[Any, str] = {}  # ObjectRef -> unit id
     queue = list(todo)
     results: list[UnitResult] = []
     while queue or pending:
         while queue and len(pending) < cfg.max_concurrent_units:
-            pending.append(
-                task.remote(queue.pop(0), cube_url, cfg.chip_size, cfg.max_concurrent_reads)
-            )
-        ready, pending = ray.wait(pending, num_returns=1)
-        result: UnitResult = ray.get(ready[0])
+            unit = queue.pop(0)
+            fail = any(s in unit.unit_id for s in _fail_units)
+            ref = task.remote(unit, cube_url, cfg.chip_size, cfg.max_concurrent_reads, fail)
+            pending[ref] = unit.unit_id
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        unit_id = pending.pop(ready[0])
+        try:
+            result: UnitResult = ray.get(ready[0])
+        except ray.exceptions.RayError as e:
+            cause = getattr(e, "cause", None) or e
+            reason = redact(f"{type(cause).__name__}: {cause}")
+            log.warning("unit %s raised: %s", unit_id, reason)
+            result = UnitResult(unit_id, "failed", reason)
         results.append(result)
         rows[result.unit_id] = {
             "unit_id": result.unit_id, "status": result.status, "reason": result.reason,
