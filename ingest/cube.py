@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import fsspec
 import numpy as np
 import zarr
+from fsspec.implementations.local import LocalFileSystem
 from pyproj import CRS
+from zarr.storage import FsspecStore
 
 from ingest.grid import RESOLUTION_M, Grid
 
@@ -21,7 +24,10 @@ CUBE_NAME = "cube.zarr"
 
 def open_cube(url: str) -> zarr.Group:
     """Open (creating if needed) the cube's root group at a path or fsspec URL."""
-    return zarr.open_group(store=url, mode="a", zarr_format=3)
+    fs, path = fsspec.core.url_to_fs(url)
+    # Local paths (file:// included) get zarr's LocalStore; s3://, gs://, ... go via fsspec.
+    store: Any = path if isinstance(fs, LocalFileSystem) else FsspecStore.from_url(url)
+    return zarr.open_group(store=store, mode="a", zarr_format=3)
 
 
 def is_complete(cube: zarr.Group, unit_id: str) -> bool:
