@@ -46,7 +46,8 @@ GDAL_ENV = {
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": "16000000",
 }
-_PERMANENT = re.compile(r"HTTP response code: (400|401|404|410)|not recognized as|No such file")
+# Not worth retrying as is; 403 (an expired token) is handled by re-signing instead.
+_PERMANENT = re.compile(r"HTTP response code: (400|401|403|404|410)|not recognized as|No such file")
 _QUERY = re.compile(r"\?(?!<redacted>)[^\s'\"]*")  # a second pass keeps the first
 
 
@@ -121,7 +122,11 @@ def _forget_failure(state: RetryCallState) -> None:
     /vsicurl/ remembers per process that a file could not be opened, so without this
     every retry of a file whose first attempt hit a 5xx fails again without a request.
     """
-    href = state.args[0]
+    _forget(state.args[0])
+
+
+def _forget(href: str) -> None:
+    """Clear GDAL's /vsicurl/ cache (failed opens included) for one URL."""
     lib = _libgdal()
     if lib is not None and href.startswith(("http://", "https://")):
         lib.VSICurlPartialClearCache(f"/vsicurl/{href}".encode())
@@ -192,7 +197,9 @@ def read_into_grid(
                 raise
             log.info("403 on %s: re-signing once", redact(href))
             planetary_computer.sas.TOKEN_CACHE.clear()  # type: ignore[attr-defined]
-            return _read_once(sign(href), grid, resampling, nodata, dtype)
+            signed = sign(href)
+            _forget(signed)  # an unchanged URL (not PC's) would hit GDAL's cached failure
+            return _read_once(signed, grid, resampling, nodata, dtype)
     except RasterioIOError as e:
         raise ReadError(f"cannot read {redact(href)}: {redact(_describe(e))}") from e
 

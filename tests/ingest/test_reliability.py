@@ -26,6 +26,7 @@ import rasterio
 import zarr
 from fault_proxy import FaultProxy  # tests/ingest is on sys.path (rootdir imports)
 from pydantic import ValidationError
+from rasterio.enums import Resampling
 
 from infra.services import LocalServices
 from ingest.catalog import CatalogError, open_catalog, search_items
@@ -576,7 +577,36 @@ def test_signed_href_is_redacted_in_logs_and_attrs_after_retries(
             result = process_unit(unit, cube_url, 64, 4)
     assert result.status == "done", result.reason
     assert proxy.n < 0, "some requests failed and were retried"
-    assert "Retrying" in caplog.text or "503" in caplog.text  # GDAL said so, redacted
-    assert SECRET not in caplog.text
+    # The test proxy forwards with requests, whose urllib3 debug log shows the URLs it
+    # fetched: that is the proxy's log, not eomae's.
+    ours = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("urllib3"))
+    assert "Retrying" in ours or "503" in ours  # GDAL said so, redacted
+    assert SECRET not in ours
     attrs = all_attrs(tmp_path)
     assert SECRET not in attrs and "?<redacted>" in attrs
+
+
+class _ForbiddenFirst(_FailFirst):
+    """Answers the first request with 403, as Blob Storage does for an expired token."""
+
+    def fault_for(self, key: str) -> int | None:
+        status = super().fault_for(key)
+        return 403 if status is not None else None
+
+
+def test_expired_token_is_re_signed_once(
+    a_unit: Unit, local_services: LocalServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ingest.raster
+
+    signed: list[str] = []
+    real_sign = ingest.raster.sign
+    monkeypatch.setattr(ingest.raster, "sign", lambda h: signed.append(h) or real_sign(h))
+    cog = local_services.cog_url
+    with _ForbiddenFirst({"/cog": cog}, n=1) as proxy:
+        href = proxy.url_for(cog) + a_unit.s2_item["assets"]["B04"]["href"][len(cog) :]
+        data, _ = ingest.raster.read_into_grid(
+            href, a_unit.target, Resampling.nearest, nodata=0, dtype="uint16"
+        )
+    assert len(signed) == 2, "signed before the first open and again after the 403"
+    assert (data != 0).any()
