@@ -57,9 +57,8 @@ class WorldCommand(WorldConfig, Command):
 
     def cli_cmd(self) -> None:
         """Generate with a progress bar, then summarise what was written."""
-        cmd = self
-        cfg = WorldConfig(**cmd.model_dump(include=set(WorldConfig.model_fields)))
-        run_world(cmd.out, cfg, force=cmd.force)
+        cfg = WorldConfig(**self.model_dump(include=set(WorldConfig.model_fields)))
+        run_world(self.out, cfg, force=self.force)
 
 
 class ServeCommand(Command):
@@ -78,11 +77,12 @@ class ServeCommand(Command):
 
     def cli_cmd(self) -> None:
         """Start, print the URLs, serve until Ctrl-C or SIGTERM, stop cleanly."""
-        cmd = self
-        state = cmd.state_dir or cmd.world.resolve().parent / "services"
+        state = self.state_dir or self.world.resolve().parent / "services"
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        with LocalServices(cmd.world, state, stac_port=cmd.stac_port, cog_port=cmd.cog_port) as svc:
+        with LocalServices(
+            self.world, state, stac_port=self.stac_port, cog_port=self.cog_port
+        ) as svc:
             console.print(f"STAC API   {svc.stac_url}")
             console.print(f"COG server {svc.cog_url}")
             console.print("serving; Ctrl-C to stop")
@@ -115,19 +115,18 @@ class SearchCommand(Command):
 
     def cli_cmd(self) -> None:
         """Run the search and print a table of the items."""
-        cmd = self
-        client = open_catalog(cmd.catalog)
-        sortby = "eo:cloud_cover" if cmd.collection == sentinel2.COLLECTION else None
+        client = open_catalog(self.catalog)
+        sortby = "eo:cloud_cover" if self.collection == sentinel2.COLLECTION else None
         items = search_items(
             client,
-            cmd.collection,
-            bbox=cmd.bbox,
-            datetime=cmd.datetime,
-            max_cloud_cover=cmd.max_cloud_cover,
+            self.collection,
+            bbox=self.bbox,
+            datetime=self.datetime,
+            max_cloud_cover=self.max_cloud_cover,
             sortby=sortby,
-            limit=cmd.limit,
+            limit=self.limit,
         )
-        print_items(items, title=f"{cmd.collection} @ {client.self_href}")
+        print_items(items, title=f"{self.collection} @ {client.self_href}")
 
 
 class IngestCommand(IngestConfig, Command):
@@ -135,8 +134,7 @@ class IngestCommand(IngestConfig, Command):
 
     def cli_cmd(self) -> None:
         """Plan, run on Ray with a live progress bar, print the summary."""
-        cmd = self
-        cfg = IngestConfig(**cmd.model_dump(include=set(IngestConfig.model_fields)))
+        cfg = IngestConfig(**self.model_dump(include=set(IngestConfig.model_fields)))
         summary = run_ingest_with_progress(cfg)
         if summary["failed"]:
             raise IngestFailed(f"{len(summary['failed'])} units failed; see the status table")
@@ -152,11 +150,10 @@ class DemoCommand(Command):
 
     def cli_cmd(self) -> None:
         """Generate (or reuse) the world, serve it, search each collection, stop."""
-        cmd = self
-        world = cmd.run_dir / "world"
+        world = self.run_dir / "world"
         run_world(world, WorldConfig(), force=False)
         t0 = time.perf_counter()
-        with LocalServices(world, cmd.run_dir / "services") as svc:
+        with LocalServices(world, self.run_dir / "services") as svc:
             console.print(
                 f"services up in {time.perf_counter() - t0:.1f} s: STAC API "
                 f"{svc.stac_url}, COG server {svc.cog_url}"
@@ -171,17 +168,17 @@ class DemoCommand(Command):
                 sentinel2.COLLECTION,
                 bbox=region,
                 datetime="2021-01-01/2022-12-31",
-                max_cloud_cover=cmd.max_cloud_cover,
+                max_cloud_cover=self.max_cloud_cover,
                 sortby="eo:cloud_cover",
             )
-            print_items(scenes, title=f"Sentinel-2 L2A with cloud cover <= {cmd.max_cloud_cover}%")
+            print_items(scenes, title=f"Sentinel-2 L2A with cloud cover <= {self.max_cloud_cover}%")
             ingest = IngestConfig(
                 catalog=svc.stac_url,
                 bbox=[tuple(region)],
                 start=date(2021, 1, 1),
                 end=date(2022, 12, 31),
-                max_cloud_cover=cmd.max_cloud_cover,
-                run_dir=str(cmd.run_dir),
+                max_cloud_cover=self.max_cloud_cover,
+                run_dir=str(self.run_dir),
             )
             run_ingest_with_progress(ingest)
         console.print("services stopped")

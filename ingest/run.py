@@ -174,8 +174,9 @@ def run_ingest(
     fs, status_path = fsspec.core.url_to_fs(status_url)
     if fs.exists(status_path):
         rows = {r["unit_id"]: r for r in json.loads(fs.cat_file(status_path))}
+    todo_ids = {u.unit_id for u in todo}
     for u in units:
-        if u.unit_id not in {t.unit_id for t in todo}:
+        if u.unit_id not in todo_ids:
             rows.setdefault(u.unit_id, {"unit_id": u.unit_id, "status": "done", "reason": ""})
 
     if not ray.is_initialized():

@@ -43,6 +43,7 @@ from infra.world.layout import (
     aux_tiles,
     region_bounds,
     tile_grids,
+    tiles_bounds,
 )
 from infra.world.sentinel2 import MARKER_SPECTRUM, Marker, render_scene, tile_surface
 from infra.world.stac import (
@@ -129,14 +130,7 @@ def _write_world(root: Path, cfg: WorldConfig, progress: Progress) -> None:
     total = len(grids) * len(acqs) + 3
     step = 0
     progress("terrain and land cover", step, total)
-    footprints = [g.footprint().bounds for g in grids]
-    focus = (
-        min(b[0] for b in footprints),
-        min(b[1] for b in footprints),
-        max(b[2] for b in footprints),
-        max(b[3] for b in footprints),
-    )
-    landscape = build_landscape(region, _rng(cfg, 1), focus)
+    landscape = build_landscape(region, _rng(cfg, 1), tiles_bounds(grids))
 
     items: list[dict[str, Any]] = []
     truth_tiles = []

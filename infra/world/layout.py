@@ -115,14 +115,20 @@ def acquisitions(cfg: WorldConfig) -> list[Acquisition]:
     return out
 
 
+def tiles_bounds(grids: list[TileGrid]) -> tuple[float, float, float, float]:
+    """Lon/lat box around all tile footprints."""
+    boxes = [g.footprint().bounds for g in grids]
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
 def region_bounds(grids: list[TileGrid]) -> tuple[float, float, float, float]:
     """Lon/lat box around all tiles, snapped outward to the DEM/WorldCover tiling."""
-    w, s, e, n = (
-        min(g.footprint().bounds[0] for g in grids),
-        min(g.footprint().bounds[1] for g in grids),
-        max(g.footprint().bounds[2] for g in grids),
-        max(g.footprint().bounds[3] for g in grids),
-    )
+    w, s, e, n = tiles_bounds(grids)
 
     def snap(v: float, up: bool) -> float:
         k = v / AUX_TILE_DEG
