@@ -18,11 +18,11 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import ray
 
 from ingest.catalog import open_catalog
 from ingest.config import IngestConfig
 from ingest.cube import CUBE_NAME, is_complete, open_cube, write_unit
+from ingest.parallel import imap_unordered
 from ingest.plan import Unit, make_plan, plan_to_json
 from ingest.raster import ReadError, redact
 from ingest.sources import dem, sentinel2, worldcover
@@ -179,28 +179,19 @@ def run_ingest(
         if u.unit_id not in todo_ids:
             rows.setdefault(u.unit_id, {"unit_id": u.unit_id, "status": "done", "reason": ""})
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.address, log_to_driver=False, include_dashboard=False)
-    # Any: ray's typed overloads of .remote stop short of the optional argument.
-    task: Any = ray.remote(num_cpus=1, max_retries=0)(process_unit)
-    pending: dict[Any, str] = {}  # ObjectRef -> unit id
-    queue = list(todo)
+    calls = [
+        (u, cube_url, cfg.chip_size, cfg.max_concurrent_reads,
+         any(s in u.unit_id for s in _fail_units))
+        for u in todo
+    ]  # fmt: skip
     results: list[UnitResult] = []
-    while queue or pending:
-        while queue and len(pending) < cfg.max_concurrent_units:
-            unit = queue.pop(0)
-            fail = any(s in unit.unit_id for s in _fail_units)
-            ref = task.remote(unit, cube_url, cfg.chip_size, cfg.max_concurrent_reads, fail)
-            pending[ref] = unit.unit_id
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        unit_id = pending.pop(ready[0])
-        try:
-            result: UnitResult = ray.get(ready[0])
-        except ray.exceptions.RayError as e:
-            cause = getattr(e, "cause", None) or e
-            reason = redact(f"{type(cause).__name__}: {cause}")
-            log.warning("unit %s raised: %s", unit_id, reason)
-            result = UnitResult(unit_id, "failed", reason)
+    for index, result, error in imap_unordered(
+        process_unit, calls, cfg.max_concurrent_units, address=cfg.address
+    ):
+        if error is not None:
+            reason = redact(f"{type(error).__name__}: {error}")
+            log.warning("unit %s raised: %s", todo[index].unit_id, reason)
+            result = UnitResult(todo[index].unit_id, "failed", reason)
         results.append(result)
         rows[result.unit_id] = {
             "unit_id": result.unit_id, "status": result.status, "reason": result.reason,

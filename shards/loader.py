@@ -1,0 +1,320 @@
+"""The streaming loader: a shard set's split -> normalised `{modality: tensor}` batches.
+
+    loader = make_loader("runs/demo/shards", split="train", modalities=["s2", "dem", "lc"],
+                         batch_size=64, mode="resampled", num_workers=2)
+    for batch in loader:        # batch["s2"]: (B, 12, H, W) float32, z-scored per band
+        ...                     # batch["lc"]: (B, H, W) int64 class index (nodata: ignore)
+
+Every batch also holds `valid` (B, H, W) bool, `lc_fractions` (B, classes) float32 (the
+multi-label target), `meta` (the samples' JSON) and `skipped` (corrupt samples or shard
+errors this worker skipped since its last batch; `loader.skipped` sums them).
+
+Work is split by rank (Ray Train / torch.distributed, or given) and DataLoader worker:
+- `finite`: every sample of the split exactly once over all ranks and workers (evaluation).
+  With at least as many shards as rank x worker slots, each slot reads its own shards;
+  with fewer, every slot reads all shards and keeps every n-th sample.
+- `resampled`: each slot draws shards at random with replacement (seeded by seed, epoch,
+  rank and worker) through a shuffle buffer; every rank yields exactly `len(loader)`
+  batches per epoch, so ranks stay in step however uneven the shards (elastic training).
+
+webdataset does the tar streaming and grouping; decoding, normalisation and the
+splitting above are ours, so that corrupt data is counted rather than fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import fsspec
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from shards import sample
+from shards.config import join_url
+from shards.manifest import ShardSetError, read_manifest, read_stats
+from shards.modalities import LC, META, MODALITIES, VALID, Modality, get
+
+log = logging.getLogger(__name__)
+Mode = Literal["finite", "resampled"]
+Sample = dict[str, Any]
+MAX_CONSECUTIVE_ERRORS = 1000  # a stream that only fails is broken, not unlucky
+
+
+class _Skips:
+    """Counts what a worker skipped; webdataset calls `handler` on every stream error."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.consecutive = 0
+
+    def handler(self, exn: Exception) -> bool:
+        self.count += 1
+        self.consecutive += 1
+        if self.count <= 10:
+            log.warning("skipping corrupt shard data: %s", exn)
+        if self.consecutive > MAX_CONSECUTIVE_ERRORS:
+            raise ShardSetError(f"{self.consecutive} errors in a row reading shards; last: {exn}")
+        return True  # go on with the next sample or shard
+
+    def take(self) -> int:
+        n, self.count = self.count, 0
+        return n
+
+
+class Normaliser:
+    """On-disk arrays -> model inputs: z-scores for continuous modalities, class indices."""
+
+    def __init__(self, stats: dict[str, Any] | None) -> None:
+        self.mean: dict[str, np.ndarray] = {}
+        self.std: dict[str, np.ndarray] = {}
+        for m in MODALITIES.values():
+            if m.categorical or stats is None:
+                continue
+            self.mean[m.name] = np.asarray(stats[m.name]["mean"], np.float32)[:, None, None]
+            self.std[m.name] = np.maximum(np.asarray(stats[m.name]["std"], np.float32), 1e-6)[
+                :, None, None
+            ]
+        self.lookup = LC.class_lookup()
+
+    def __call__(self, m: Modality, a: np.ndarray) -> np.ndarray:
+        """Normalise one modality's on-disk (C, H, W) array."""
+        if m.categorical:
+            return self.lookup[a[0]]  # (H, W) class index, nodata -> ignore_index
+        x = a.astype(np.float32)
+        missing = m.is_nodata(a)
+        if m.name in self.mean:
+            x = (x - self.mean[m.name]) / self.std[m.name]
+        x[missing] = 0.0  # the mean after z-scoring; `valid` tells the model to ignore it
+        return x
+
+
+class ShardStream(IterableDataset):
+    """The samples of one split for this rank and DataLoader worker (see module doc)."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        modalities: Sequence[str],
+        chip_size: int,
+        *,
+        mode: Mode,
+        batch_size: int,
+        batches_per_epoch: int | None,
+        shuffle_buffer: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        normaliser: Normaliser,
+        transform: Callable[[Sample], Sample] | None,
+        drop_last: bool,
+    ) -> None:
+        super().__init__()
+        self.urls, self.modalities, self.chip_size = urls, list(modalities), chip_size
+        self.mode, self.batch_size, self.batches_per_epoch = mode, batch_size, batches_per_epoch
+        self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, 0
+        self.rank, self.world_size = rank, world_size
+        self.normaliser, self.transform, self.drop_last = normaliser, transform, drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the resampling and shuffling for a new epoch."""
+        self.epoch = epoch
+
+    def _worker(self) -> tuple[int, int]:
+        info = get_worker_info()
+        return (info.id, info.num_workers) if info else (0, 1)
+
+    def _streams(self, urls: Iterator[str]) -> Iterator[dict[str, Any]]:
+        for url in urls:
+            try:
+                yield {"url": url, "stream": fsspec.open(url, "rb").open()}
+            except OSError as e:
+                self.skips.handler(e)
+
+    def _raw_samples(self, slot: int, slots: int) -> Iterator[Sample]:
+        urls: Iterator[str]
+        if self.mode == "resampled":
+            urls, every = _draws(self.urls, np.random.default_rng([self.seed, self.epoch, slot])), 1
+        elif len(self.urls) >= slots:
+            urls, every = iter(self.urls[slot::slots]), 1
+        else:
+            urls, every = iter(self.urls), slots
+        files = wds.tariterators.tar_file_expander(self._streams(urls), handler=self.skips.handler)
+        grouped = wds.tariterators.group_by_keys(files, handler=self.skips.handler)
+        for i, raw in enumerate(grouped):
+            if every == 1 or i % every == slot:
+                yield raw
+
+    def _decode(self, raw: Sample) -> Sample | None:
+        names = [*self.modalities, VALID]
+        try:
+            arrays, meta = sample.decode(raw, names)
+            problems = sample.check_schema(arrays, self.chip_size)
+            if problems:
+                raise sample.SampleError("; ".join(problems))
+        except sample.SampleError as e:
+            self.skips.handler(sample.SampleError(f"{raw.get('__key__')}: {e}"))
+            return None
+        self.skips.consecutive = 0
+        out: Sample = {m.name: self.normaliser(m, arrays[m.name]) for m in get(self.modalities)}
+        out[VALID] = arrays[VALID]
+        fractions = meta.get("lc_fractions", {})
+        out["lc_fractions"] = np.asarray(
+            [fractions.get(str(c), 0.0) for c in LC.classes], np.float32
+        )
+        out[META] = meta
+        return self.transform(out) if self.transform else out
+
+    def _collate(self, batch: list[Sample]) -> Sample:
+        out: Sample = {
+            k: torch.from_numpy(np.stack([s[k] for s in batch])) for k in batch[0] if k != META
+        }
+        out["meta"] = [s[META] for s in batch]
+        out["skipped"] = self.skips.take()
+        return out
+
+    def __iter__(self) -> Iterator[Sample]:
+        worker, workers = self._worker()
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        self.skips = _Skips()
+        samples: Iterator[Sample] = self._raw_samples(slot, slots)
+        if self.shuffle_buffer > 1:
+            rng = np.random.default_rng([self.seed, self.epoch, slot, 1])
+            samples = _shuffled(samples, self.shuffle_buffer, rng)
+        limit = self._worker_batches(worker, workers)
+        batch: list[Sample] = []
+        produced = 0
+        for raw in samples:
+            if limit is not None and produced >= limit:
+                return
+            decoded = self._decode(raw)
+            if decoded is None:
+                continue
+            batch.append(decoded)
+            if len(batch) == self.batch_size:
+                yield self._collate(batch)
+                produced, batch = produced + 1, []
+        if batch and not self.drop_last:
+            yield self._collate(batch)
+
+    def _worker_batches(self, worker: int, workers: int) -> int | None:
+        """Batches this worker yields per epoch (resampled: the rank's total, spread out)."""
+        if self.batches_per_epoch is None:
+            return None
+        share, extra = divmod(self.batches_per_epoch, workers)
+        return share + (worker < extra)
+
+
+def _draws(urls: list[str], rng: np.random.Generator) -> Iterator[str]:
+    """Shards drawn with replacement, forever."""
+    while True:
+        yield urls[int(rng.integers(len(urls)))]
+
+
+def _shuffled(samples: Iterator[Sample], size: int, rng: np.random.Generator) -> Iterator[Sample]:
+    """A shuffle buffer: emit a random element once `size` are held."""
+    buffer: list[Sample] = []
+    for s in samples:
+        buffer.append(s)
+        if len(buffer) >= size:
+            i = int(rng.integers(len(buffer)))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            yield buffer.pop()
+    rng.shuffle(buffer)  # type: ignore[arg-type]
+    yield from buffer
+
+
+class ShardLoader:
+    """A DataLoader over a ShardStream that also sums what its workers skipped."""
+
+    def __init__(self, stream: ShardStream, num_workers: int) -> None:
+        self.stream = stream
+        self.skipped = 0
+        self.loader = DataLoader(
+            stream, batch_size=None, num_workers=num_workers, persistent_workers=False
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """New resampling and shuffle seeds for this epoch (call before iterating)."""
+        self.stream.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (resampled mode only)."""
+        if self.stream.batches_per_epoch is None:
+            raise TypeError("a finite loader has no fixed length; use mode='resampled'")
+        return self.stream.batches_per_epoch
+
+    def __iter__(self) -> Iterator[Sample]:
+        for batch in self.loader:
+            self.skipped += batch["skipped"]
+            yield batch
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def make_loader(
+    shards_url: str,
+    split: str = "train",
+    modalities: Sequence[str] = tuple(MODALITIES),
+    *,
+    batch_size: int = 32,
+    mode: Mode = "finite",
+    epoch_samples: int | None = None,
+    num_workers: int = 0,
+    shuffle_buffer: int | None = None,
+    seed: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    transform: Callable[[Sample], Sample] | None = None,
+    normalise: bool = True,
+    drop_last: bool = False,
+) -> ShardLoader:
+    """A loader over one split of a shard set (see the module doc for the modes).
+
+    `epoch_samples` (resampled): samples per epoch over all ranks (default: the split's
+    size). `shuffle_buffer`: samples held for shuffling (default 0 when finite, 256 when
+    resampled; shards are already shuffled when written). `rank`/`world_size` default to
+    torch.distributed's (set up by Ray Train). `transform` runs per sample in the workers,
+    after normalisation (e.g. random crops).
+    """
+    get(list(modalities))  # unknown names fail here, naming them
+    if mode not in ("finite", "resampled"):
+        raise ValueError(f"mode must be 'finite' or 'resampled', not {mode!r}")
+    manifest = read_manifest(shards_url)
+    entries = manifest.split_shards(split)
+    if not entries or manifest.samples(split) == 0:
+        raise ShardSetError(f"split {split!r} of {shards_url} has no samples")
+    default_rank, default_world = _rank_and_world()
+    rank = default_rank if rank is None else rank
+    world_size = default_world if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    batches, default_buffer = None, 0
+    if mode == "resampled":
+        default_buffer = 256
+        total = epoch_samples or manifest.samples(split)
+        batches = max(1, math.floor(total / (world_size * batch_size)))
+    stream = ShardStream(
+        [join_url(shards_url, e.name) for e in entries],
+        modalities,
+        manifest.chip_size,
+        mode=mode,
+        batch_size=batch_size,
+        batches_per_epoch=batches,
+        shuffle_buffer=shuffle_buffer if shuffle_buffer is not None else default_buffer,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        normaliser=Normaliser(read_stats(shards_url) if normalise else None),
+        transform=transform,
+        drop_last=drop_last,
+    )
+    return ShardLoader(stream, num_workers)

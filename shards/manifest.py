@@ -1,0 +1,113 @@
+"""A shard set on disk: `manifest.json`, `stats.json`, the tar shards, atomic JSON writes.
+
+    SHARDS/manifest.json   shards with split, sample count, bytes and sha256; config; cube
+    SHARDS/stats.json      per-band mean/std over valid pixels, class frequencies
+    SHARDS/plan.json       the samples of each shard (what a re-run must reproduce)
+    SHARDS/{split}-NNNNNN.tar
+
+The manifest is written last: a shard set is complete exactly when it exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import fsspec
+from pydantic import BaseModel, ValidationError
+
+from shards.config import SPLITS, join_url
+
+MANIFEST = "manifest.json"
+STATS = "stats.json"
+PLAN = "plan.json"
+FORMAT_VERSION = 1
+
+
+class ShardSetError(ValueError):
+    """A shard set that is missing, incomplete or unreadable."""
+
+
+class ShardEntry(BaseModel):
+    """One tar shard."""
+
+    name: str
+    split: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+class Manifest(BaseModel):
+    """What a shard set holds and how it was made."""
+
+    version: int
+    created: str
+    cube: str
+    units: list[str]
+    config: dict[str, Any]
+    chip_size: int
+    modalities: dict[str, dict[str, Any]]
+    shards: list[ShardEntry]
+    dropped: dict[str, int]
+
+    def split_shards(self, split: str) -> list[ShardEntry]:
+        """The shards of one split; ShardSetError naming the splits that exist."""
+        if split not in SPLITS:
+            raise ShardSetError(f"unknown split {split!r}; splits are {list(SPLITS)}")
+        return [s for s in self.shards if s.split == split]
+
+    def samples(self, split: str | None = None) -> int:
+        """Number of samples in a split (or in all)."""
+        return sum(s.samples for s in self.shards if split in (None, s.split))
+
+
+def write_json(url: str, data: Any) -> None:
+    """Write JSON atomically (temp file + rename) to a path or fsspec URL."""
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    with fs.open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=1)
+    fs.mv(path + ".tmp", path)
+
+
+def read_json(url: str) -> Any:
+    """Read JSON from a path or fsspec URL; ShardSetError if absent or malformed."""
+    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError as e:
+        raise ShardSetError(f"{url} does not exist") from e
+    except ValueError as e:
+        raise ShardSetError(f"{url} is not valid JSON: {e}") from e
+
+
+def read_manifest(shards_url: str) -> Manifest:
+    """The manifest of a shard set, with an error saying what is wrong."""
+    url = join_url(shards_url, MANIFEST)
+    try:
+        data = read_json(url)
+    except ShardSetError as e:
+        raise ShardSetError(f"no complete shard set at {shards_url}; run `eomae shard`") from e
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as e:
+        raise ShardSetError(f"{url} is not an eomae manifest: {e}") from e
+    if manifest.version != FORMAT_VERSION:
+        raise ShardSetError(f"{url} has format version {manifest.version}, need {FORMAT_VERSION}")
+    return manifest
+
+
+def read_stats(shards_url: str) -> dict[str, Any]:
+    """The statistics of a shard set (see shards.stats)."""
+    return dict(read_json(join_url(shards_url, STATS)))
+
+
+def sha256_of(url: str, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file at a path or fsspec URL, streamed."""
+    digest = hashlib.sha256()
+    with fsspec.open(url, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
