@@ -5,7 +5,10 @@
     eomae search --catalog URL --bbox ...  search a STAC API (default Planetary Computer)
     eomae ingest --catalog URL --bbox W,S,E,N --start D --end D --run-dir RUN
                                            STAC -> co-registered zarr cube (Ray)
-    eomae demo                             world -> services -> search -> ingest -> stop
+    eomae shard --run-dir RUN              cube -> chips -> spatial splits -> WebDataset shards
+    eomae verify RUN/shards                re-check every shard, sample and member
+    eomae inspect RUN/shards               statistics + a PNG of random samples
+    eomae demo                             world -> services -> ingest -> shard -> verify
 
 Every command takes `--config FILE.yaml`; flags override the file. Run
 `eomae COMMAND --help` for the fields, each with its description.
@@ -37,6 +40,13 @@ from rich.progress import (
 from rich.table import Table
 
 from eomae.config import Command, ConfigFileError, describe_validation_error, expand_config
+from eomae.shards_cli import (
+    InspectCommand,
+    ProblemsFound,
+    ShardCommand,
+    VerifyCommand,
+    run_shard_with_progress,
+)
 from infra.services import LocalServices, ServiceError
 from infra.world import WorldConfig, WorldError, generate_world
 from ingest.catalog import PLANETARY_COMPUTER, CatalogError, open_catalog, search_items
@@ -44,6 +54,9 @@ from ingest.config import BBox, IngestConfig, check_bbox
 from ingest.raster import ReadError
 from ingest.run import UnitResult, run_ingest
 from ingest.sources import dem, sentinel2, worldcover
+from shards.config import ShardConfig
+from shards.manifest import ShardSetError
+from shards.verify import verify
 
 console = Console(stderr=True)
 DEFAULT_RUN_DIR = Path("runs/demo")
@@ -141,7 +154,7 @@ class IngestCommand(IngestConfig, Command):
 
 
 class DemoCommand(Command):
-    """The README's first command: sample world, local services, a search, stop."""
+    """The README's first command: sample world, local services, ingest, shards, verify."""
 
     run_dir: Path = Field(DEFAULT_RUN_DIR, description="Run directory for the world and services.")
     max_cloud_cover: float = Field(
@@ -149,7 +162,7 @@ class DemoCommand(Command):
     )
 
     def cli_cmd(self) -> None:
-        """Generate (or reuse) the world, serve it, search each collection, stop."""
+        """Generate (or reuse) the world, serve it, search, ingest, stop; shard and verify."""
         world = self.run_dir / "world"
         run_world(world, WorldConfig(), force=False)
         t0 = time.perf_counter()
@@ -182,6 +195,12 @@ class DemoCommand(Command):
             )
             run_ingest_with_progress(ingest)
         console.print("services stopped")
+        shards = ShardConfig(run_dir=str(self.run_dir), chip_size=ingest.chip_size)
+        run_shard_with_progress(shards)
+        problems = verify(shards.out_url)
+        if problems:
+            raise ProblemsFound(f"{len(problems)} problems in {shards.out_url}: {problems[:3]}")
+        console.print(f"shards in {shards.out_url} verified; `eomae inspect` shows samples")
 
 
 class Eomae(
@@ -197,6 +216,9 @@ class Eomae(
     serve: CliSubCommand[ServeCommand] = Field(description=ServeCommand.__doc__)
     search: CliSubCommand[SearchCommand] = Field(description=SearchCommand.__doc__)
     ingest: CliSubCommand[IngestCommand] = Field(description=IngestCommand.__doc__)
+    shard: CliSubCommand[ShardCommand] = Field(description=ShardCommand.__doc__)
+    verify: CliSubCommand[VerifyCommand] = Field(description=VerifyCommand.__doc__)
+    inspect: CliSubCommand[InspectCommand] = Field(description=InspectCommand.__doc__)
     demo: CliSubCommand[DemoCommand] = Field(description=DemoCommand.__doc__)
 
     def cli_cmd(self) -> None:
@@ -303,7 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         console.print(f"[red]error:[/red] invalid arguments\n{describe_validation_error(e)}")
         return 2
-    except (WorldError, CatalogError, ConfigFileError, ServiceError, IngestFailed, ReadError) as e:
+    except ProblemsFound as e:
+        console.print(f"[red]{e}[/red]")
+        return 1
+    except (
+        WorldError, CatalogError, ConfigFileError, ServiceError, IngestFailed, ReadError,
+        ShardSetError,
+    ) as e:  # fmt: skip
         console.print(f"[red]error:[/red] {e}")
         return 2
     except SystemExit as e:  # argparse: --help (0) or unknown flags (2, message printed)

@@ -62,9 +62,7 @@ class ShardPlan:
 
 def sample_bytes(chip_size: int, meta_bytes: int = 1536) -> int:
     """Bytes a sample takes in a tar: each member's header and padded data."""
-    pixels = chip_size * chip_size
-    raw = [m.channels * pixels * np.dtype(m.dtype).itemsize for m in MODALITIES.values()]
-    raw += [pixels, meta_bytes]  # valid (bool), json
+    raw = [*sample.array_bytes(chip_size).values(), meta_bytes]
     npy_header = 128
     padded = [-(-(size + npy_header) // TAR_BLOCK) * TAR_BLOCK for size in raw]
     return sum(padded) + TAR_BLOCK * len(raw)

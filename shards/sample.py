@@ -28,6 +28,13 @@ class SampleError(ValueError):
     """A sample that cannot be decoded or does not match the schema."""
 
 
+def array_bytes(chip_size: int) -> dict[str, int]:
+    """In-memory bytes of each array member of a sample."""
+    pixels = chip_size * chip_size
+    sizes = {m.name: m.channels * pixels * np.dtype(m.dtype).itemsize for m in MODALITIES.values()}
+    return {**sizes, VALID: pixels}
+
+
 def encode_array(array: np.ndarray) -> bytes:
     """The .npy bytes of an array (no pickles)."""
     buf = io.BytesIO()
