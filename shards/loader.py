@@ -228,14 +228,20 @@ def _shuffled(samples: Iterator[Sample], size: int, rng: np.random.Generator) ->
     yield from buffer
 
 
+def _as_is(batch: Sample) -> Sample:
+    return batch
+
+
 class ShardLoader:
     """A DataLoader over a ShardStream that also sums what its workers skipped."""
 
     def __init__(self, stream: ShardStream, num_workers: int) -> None:
         self.stream = stream
         self.skipped = 0
+        # Batches are made by the stream; DataLoader's default conversion would only walk
+        # every metadata dict again.
         self.loader = DataLoader(
-            stream, batch_size=None, num_workers=num_workers, persistent_workers=False
+            stream, batch_size=None, num_workers=num_workers, collate_fn=_as_is
         )
 
     def set_epoch(self, epoch: int) -> None:
