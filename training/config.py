@@ -1,0 +1,100 @@
+"""Typed configuration of the MultiMAE model and of `eomae pretrain`, validated once."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from training.modalities import PRESETS, ModelModality
+
+# name: (embedding dim, depth, heads)
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (96, 4, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+}
+# name: (input px, patch px, visible tokens): the EO paper's (56 px crops of 64 px chips)
+# and the original MultiMAE's.
+MASKING_PRESETS: dict[str, tuple[int, int, int]] = {
+    "eo": (56, 8, 49),
+    "multimae": (224, 16, 98),
+}
+
+
+class ModelConfig(BaseModel):
+    """A MultiMAE: modalities in and out, encoder size, masking, decoders, loss weights."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: Literal["tiny", "small", "base"] = Field("tiny", description="Encoder size.")
+    modalities: Literal["bandgroups", "s2"] = Field(
+        "bandgroups", description="Modality preset: S2 band groups, or all 12 bands as one."
+    )
+    inputs: list[str] | None = Field(None, description="Input modalities (default: all).")
+    targets: list[str] | None = Field(None, description="Reconstructed modalities (default: all).")
+    masking: Literal["eo", "multimae"] = Field(
+        "eo", description="eo: 56 px, patch 8, 49 visible; multimae: 224 px, patch 16, 98."
+    )
+    input_size: int | None = Field(None, ge=8, description="Input px (default: the preset's).")
+    patch_size: int | None = Field(None, ge=2, description="Patch px (default: the preset's).")
+    num_visible: int | None = Field(None, ge=1, description="Visible tokens (default: preset).")
+    alpha: float = Field(1.0, gt=0, description="Symmetric Dirichlet concentration of masking.")
+    decoder_dim: int = Field(128, ge=16, description="Output adapter width.")
+    decoder_depth: int = Field(2, ge=0, description="Transformer blocks per output adapter.")
+    decoder_heads: int = Field(4, ge=1, description="Heads in the output adapters.")
+    class_embed_dim: int = Field(32, ge=4, description="Land-cover class embedding size.")
+    norm_pix: bool = Field(True, description="Spectral targets normalised per patch (MAE).")
+    dem_standardise: bool = Field(
+        False, description="Standardise DEM per sample on its 10-90 % range."
+    )
+    loss_weights: dict[str, float] = Field(
+        default_factory=dict, description="Loss weight per target modality (default 1)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        names = [m.name for m in PRESETS[self.modalities]]
+        for field in ("inputs", "targets"):
+            chosen = getattr(self, field)
+            if chosen is not None:
+                unknown = [n for n in chosen if n not in names]
+                if unknown or not chosen:
+                    raise ValueError(f"{field} {chosen}: choose from {names}")
+        unknown = [n for n in self.loss_weights if n not in names]
+        if unknown:
+            raise ValueError(f"loss_weights for unknown modalities {unknown}; have {names}")
+        size, patch, visible = self.geometry
+        if size % patch:
+            raise ValueError(f"input_size {size} is not a multiple of patch_size {patch}")
+        tokens = (size // patch) ** 2 * len(self.input_modalities)
+        if visible > tokens:
+            raise ValueError(f"num_visible {visible} exceeds the {tokens} input tokens")
+        if self.decoder_dim % self.decoder_heads or self.decoder_dim % 4:
+            raise ValueError(
+                f"decoder_dim {self.decoder_dim} must be a multiple of 4 and of decoder_heads"
+            )
+        return self
+
+    @property
+    def geometry(self) -> tuple[int, int, int]:
+        """(input px, patch px, visible tokens)."""
+        size, patch, visible = MASKING_PRESETS[self.masking]
+        return self.input_size or size, self.patch_size or patch, self.num_visible or visible
+
+    @property
+    def all_modalities(self) -> tuple[ModelModality, ...]:
+        """The preset's modalities."""
+        return PRESETS[self.modalities]
+
+    @property
+    def input_modalities(self) -> tuple[ModelModality, ...]:
+        """Modalities the encoder can take."""
+        return tuple(m for m in self.all_modalities if self.inputs is None or m.name in self.inputs)
+
+    @property
+    def target_modalities(self) -> tuple[ModelModality, ...]:
+        """Modalities the decoders reconstruct."""
+        return tuple(
+            m for m in self.all_modalities if self.targets is None or m.name in self.targets
+        )

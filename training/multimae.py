@@ -1,0 +1,118 @@
+"""MultiMAE (Bachmann et al., 2022) for EO: input adapters -> ViT encoder -> output adapters.
+
+    inputs {modality: image}
+      -> input adapters: tokens per modality (+ positions, modality embedding)
+      -> masking: Dirichlet shares, exactly K visible tokens over all modalities
+      -> encoder: [global token; visible tokens] through pre-norm ViT blocks
+      -> output adapters: every patch of every target modality, by cross-attention
+    returns {modality: prediction} and {modality: visible-token mask}
+
+`encode` runs the encoder on every token of any subset of the input modalities, which is
+what evaluation uses (S2 only, S2 + DEM, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from training.adapters import InputAdapter, OutputAdapter
+from training.config import SIZES, ModelConfig
+from training.masking import sample_masks, visible_counts
+from training.vit import Block, init_weights
+
+
+class MultiMAE(nn.Module):
+    """The multi-modal masked autoencoder of a ModelConfig."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dim, depth, heads = SIZES[cfg.size]
+        self.dim = dim
+        self.input_size, self.patch, self.num_visible = cfg.geometry
+        self.input_adapters = nn.ModuleDict(
+            {
+                m.name: InputAdapter(m, self.patch, dim, cfg.class_embed_dim)
+                for m in cfg.input_modalities
+            }
+        )
+        self.global_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.encoder = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.output_adapters = nn.ModuleDict(
+            {
+                m.name: OutputAdapter(
+                    m, self.patch, dim, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads
+                )
+                for m in cfg.target_modalities
+            }
+        )
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.global_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, InputAdapter):  # as MAE: the projection is a linear layer
+                w = module.proj.weight.data
+                nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+
+    def grid(self, x: Tensor) -> int:
+        """Patches per side of an input image."""
+        return x.shape[-1] // self.patch
+
+    def _tokens(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {
+            name: adapter(inputs[name])
+            for name, adapter in self.input_adapters.items()
+            if name in inputs
+        }
+
+    def _encode_tokens(self, x: Tensor) -> Tensor:
+        x = torch.cat([self.global_token.expand(x.shape[0], -1, -1), x], dim=1)
+        for block in self.encoder:
+            x = block(x)
+        return self.norm(x)
+
+    def forward(
+        self,
+        inputs: dict[str, Tensor],
+        generator: torch.Generator | None = None,
+        num_visible: int | None = None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Mask, encode the visible tokens, decode every target modality.
+
+        Returns predictions {name: (B, C_out, H, W)} and visible masks {name: (B, N)} for
+        the input modalities present (targets that were not inputs are wholly masked).
+        """
+        tokens = self._tokens(inputs)
+        if not tokens:
+            raise ValueError(f"no input modality in {list(inputs)}; the model takes "
+                             f"{list(self.input_adapters)}")  # fmt: skip
+        names = list(tokens)
+        first = tokens[names[0]]
+        batch, device = first.shape[0], first.device
+        sizes = [tokens[n].shape[1] for n in names]
+        k = min(num_visible or self.num_visible, sum(sizes))
+        generator = generator or torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+        counts = visible_counts(batch, sizes, k, self.cfg.alpha, generator)
+        masks = [m.to(device) for m in sample_masks(counts, sizes, generator)]
+        all_tokens = torch.cat([tokens[n] for n in names], dim=1)  # (B, N_all, D)
+        visible = torch.cat(masks, dim=1)  # (B, N_all), exactly k True per row
+        order = visible.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :k]
+        x = all_tokens.gather(1, order[..., None].expand(-1, -1, self.dim))  # (B, k, D)
+        encoded = self._encode_tokens(x)  # (B, 1 + k, D)
+        grid = self.grid(inputs[names[0]])  # positions follow the input, not a fixed size
+        preds = {name: adapter(encoded, grid) for name, adapter in self.output_adapters.items()}
+        return preds, dict(zip(names, masks, strict=True))
+
+    def encode(self, inputs: dict[str, Tensor]) -> Tensor:
+        """All tokens of the given inputs through the encoder: (B, 1 + N, D), global first."""
+        tokens = self._tokens(inputs)
+        if not tokens:
+            raise ValueError(f"none of {list(inputs)} is an input of this model "
+                             f"({list(self.input_adapters)})")  # fmt: skip
+        return self._encode_tokens(torch.cat(list(tokens.values()), dim=1))
+
+    def features(self, inputs: dict[str, Tensor], pool: str = "mean") -> Tensor:
+        """Pooled encoder features (B, D): the global token, or the mean of patch tokens."""
+        x = self.encode(inputs)
+        return x[:, 0] if pool == "global" else x[:, 1:].mean(dim=1)
