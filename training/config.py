@@ -98,3 +98,52 @@ class ModelConfig(BaseModel):
         return tuple(
             m for m in self.all_modalities if self.targets is None or m.name in self.targets
         )
+
+
+class PretrainConfig(BaseModel):
+    """`eomae pretrain`: data, model, optimisation, cluster, checkpoints."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_dir: str = Field("runs/ingest", description="Run directory (path or fsspec URL).")
+    shards: str | None = Field(None, description="Shard set (default: RUN/shards).")
+    name: str | None = Field(
+        None, description="Run name under RUN/pretrain (default: a new timestamped name)."
+    )
+    resume: bool = Field(False, description="Continue the run NAME from its last checkpoint.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The model.")
+    objective: Literal["multimae"] = Field("multimae", description="Pretraining objective.")
+    workers: int = Field(2, ge=1, description="Ray Train workers (the minimum when elastic).")
+    max_workers: int | None = Field(
+        None, ge=1, description="Elastic: up to this many workers when the cluster has room."
+    )
+    use_gpu: bool = Field(False, description="One GPU per worker (NCCL); else CPU (gloo).")
+    batch_size: int = Field(32, ge=1, description="Samples per worker per step.")
+    epochs: int = Field(10, ge=1, description="Epochs of `epoch_samples` samples.")
+    epoch_samples: int | None = Field(
+        None, ge=1, description="Samples per epoch over all workers (default: train split size)."
+    )
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate (AdamW).")
+    min_lr: float = Field(1e-6, ge=0, description="Learning rate at the end of the cosine.")
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up length, in epochs.")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (not on norms/biases).")
+    clip_grad: float | None = Field(1.0, gt=0, description="Gradient-norm clip (none: off).")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on GPU, fp32 on CPU."
+    )
+    compile: bool = Field(False, description="torch.compile the model.")
+    loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per worker.")
+    checkpoint_every: int = Field(1, ge=1, description="Checkpoint every N epochs (and last).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in storage.")
+    max_failures: int = Field(3, ge=0, description="Worker failures survived (restart + resume).")
+    log_every: int = Field(10, ge=1, description="Report metrics to Ray every N steps.")
+    seed: int = Field(0, description="Seed of initialisation, masking, crops and data order.")
+    address: str | None = Field(
+        None, description="Ray cluster address; default: $RAY_ADDRESS or a local Ray."
+    )
+
+    @model_validator(mode="after")
+    def _elastic(self) -> PretrainConfig:
+        if self.max_workers is not None and self.max_workers < self.workers:
+            raise ValueError(f"max_workers {self.max_workers} < workers {self.workers}")
+        return self

@@ -1,0 +1,67 @@
+"""A training checkpoint directory: model, optimiser, schedule, progress, RNG, config.
+
+model.pt       the model's state dict (no DDP or compile prefixes)
+optimizer.pt   AdamW state
+scheduler.pt   learning-rate schedule state
+state.json     step, epoch, world size, metrics at the checkpoint
+rng.pt         torch CPU RNG state
+config.json    the PretrainConfig of the run (the model config inside)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.config import PretrainConfig
+
+MODEL, OPTIMIZER, SCHEDULER, STATE, RNG, CONFIG = (
+    "model.pt", "optimizer.pt", "scheduler.pt", "state.json", "rng.pt", "config.json",
+)  # fmt: skip
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def save(
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    cfg: PretrainConfig,
+) -> None:
+    """Write everything needed to continue training into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(unwrap(model).state_dict(), directory / MODEL)
+    torch.save(optimizer.state_dict(), directory / OPTIMIZER)
+    torch.save(scheduler.state_dict(), directory / SCHEDULER)
+    torch.save(torch.get_rng_state(), directory / RNG)
+    (directory / STATE).write_text(json.dumps(state, indent=1))
+    (directory / CONFIG).write_text(cfg.model_dump_json(indent=1))
+
+
+def load(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> dict[str, Any]:
+    """Restore model, optimiser, schedule and RNG from `directory`; return its state."""
+    unwrap(model).load_state_dict(torch.load(directory / MODEL, map_location="cpu"))
+    optimizer.load_state_dict(torch.load(directory / OPTIMIZER, map_location="cpu"))
+    scheduler.load_state_dict(torch.load(directory / SCHEDULER))
+    torch.set_rng_state(torch.load(directory / RNG))
+    return dict(json.loads((directory / STATE).read_text()))
+
+
+def read_config(directory: Path) -> PretrainConfig:
+    """The PretrainConfig a checkpoint was written with."""
+    return PretrainConfig.model_validate_json((directory / CONFIG).read_text())

@@ -1,0 +1,252 @@
+"""The per-worker training loop that Ray Train runs (`train_loop_per_worker`).
+
+Each worker: build the model (seeded, so every rank starts equal), restore the latest
+checkpoint if Ray hands one over (a restart after a failure, or `--resume`), wrap it in
+DDP, stream resampled batches (every rank takes the same number of steps), and step
+AdamW under a warm-up + cosine schedule. Rank 0 appends per-step metrics to
+`metrics.jsonl`, and at each checkpoint writes the checkpoint, a loss curve and a
+reconstruction figure. Masks and crops come from a generator seeded by (seed, step,
+rank), so a resumed run repeats exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from torch import Tensor, nn
+
+from shards.loader import make_loader
+from shards.manifest import ShardSetError
+from shards.modalities import VALID
+from training import checkpoint
+from training.config import PretrainConfig
+from training.criteria import multimae_loss
+from training.modalities import split_batch
+from training.multimae import MultiMAE
+from training.plots import plot_losses, plot_reconstruction
+
+METRICS = "metrics.jsonl"
+PLOTS = "plots"
+
+
+def warmup_cosine(warmup: int, total: int, floor: float) -> Any:
+    """LambdaLR factor: linear warm-up, then cosine from 1 down to `floor`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms, embeddings and tokens (as MAE)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        flat = p.ndim < 2 or "embedding" in name or "token" in name or "classes" in name
+        (no_decay if flat else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def prepare_batch(
+    batch: dict[str, Any], cfg: PretrainConfig, generator: torch.Generator, device: torch.device
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Random crops to the input size, the model's modalities, DEM standardisation."""
+    size = cfg.model.geometry[0]
+    valid: Tensor = batch[VALID]
+    h, w = valid.shape[-2:]
+    if (h, w) != (size, size):
+        if h < size or w < size:
+            raise ValueError(f"chips of {h}x{w} px are smaller than the input size {size}")
+        tops = torch.randint(0, h - size + 1, (valid.shape[0],), generator=generator).tolist()
+        lefts = torch.randint(0, w - size + 1, (valid.shape[0],), generator=generator).tolist()
+
+        def crop(x: Tensor) -> Tensor:
+            windows = zip(tops, lefts, strict=True)
+            return torch.stack(
+                [x[i, ..., t : t + size, s : s + size] for i, (t, s) in enumerate(windows)]
+            )
+
+        batch = {
+            k: crop(v) if isinstance(v, Tensor) and v.ndim >= 3 else v for k, v in batch.items()
+        }
+        valid = batch[VALID]
+    inputs = split_batch(batch, cfg.model.all_modalities)
+    if cfg.model.dem_standardise and "dem" in inputs:
+        flat = inputs["dem"].flatten(1)
+        lo, hi = torch.quantile(flat, 0.1, dim=1), torch.quantile(flat, 0.9, dim=1)
+        inputs["dem"] = (inputs["dem"] - lo[:, None, None, None]) / (hi - lo).clamp_min(1e-3)[
+            :, None, None, None
+        ]
+    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}, valid.to(device)
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The generator of one step's crops and masks on one rank."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
+
+
+def _append_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    with open(run_dir / METRICS, "a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop metric rows after `step`: a restarted attempt will redo them."""
+    path = run_dir / METRICS
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+def _figures(
+    run_dir: Path, model: nn.Module, cfg: PretrainConfig, epoch: int, device: torch.device
+) -> None:
+    """Loss curve and a reconstruction of a fixed validation batch."""
+    plots = run_dir / PLOTS
+    plots.mkdir(exist_ok=True)
+    rows = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines()]
+    plot_losses(rows, plots / "loss.png")
+    shards = cfg.shards or f"{cfg.run_dir.rstrip('/')}/shards"
+    try:
+        batch = next(iter(make_loader(shards, "val", batch_size=4, rank=0, world_size=1)))
+    except ShardSetError:  # no val split: show training chips
+        batch = next(iter(make_loader(shards, "train", batch_size=4, rank=0, world_size=1)))
+    inner = checkpoint.unwrap(model)
+    inputs, valid = prepare_batch(batch, cfg, step_generator(cfg.seed, 0, 0), device)
+    with torch.no_grad():
+        preds, visible = inner(inputs, step_generator(cfg.seed, 0, 0))
+    plot_reconstruction(
+        cfg.model,
+        inputs,
+        preds,
+        visible,
+        valid,
+        inner.patch,
+        plots / f"reconstruction_{epoch:04d}.png",
+    )
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train entry point: config = {"cfg": PretrainConfig JSON, "run_dir": local dir}.
+
+    `config["fail_at_step"]` (tests only): rank 1 exits abruptly once at that step.
+    """
+    cfg = PretrainConfig.model_validate(config["cfg"])
+    run_dir = Path(config["run_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)  # equal initial weights on every rank
+
+    shards = cfg.shards or f"{cfg.run_dir.rstrip('/')}/shards"
+    sources = sorted({m.source for m in cfg.model.all_modalities})
+    loader = make_loader(
+        shards, "train", sources, batch_size=cfg.batch_size, mode="resampled",
+        epoch_samples=cfg.epoch_samples, num_workers=cfg.loader_workers, seed=cfg.seed,
+        rank=rank, world_size=world,
+    )  # fmt: skip
+    steps_per_epoch = len(loader)
+    total = steps_per_epoch * cfg.epochs
+
+    model = MultiMAE(cfg.model)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95)
+    )
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(warmup, total, cfg.min_lr / cfg.lr)
+    )
+    step, start_epoch = 0, 0
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            state = checkpoint.load(Path(d), model, optimizer, schedule)
+        step, start_epoch = state["step"], state["epoch"] + 1
+    if rank == 0:
+        _truncate_metrics(run_dir, step)
+    model = ray.train.torch.prepare_model(model)
+    if cfg.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    )
+    fail_at = config.get("fail_at_step") or 0  # tests: rank 1 dies once at this step
+    inner = checkpoint.unwrap(model)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        loader.set_epoch(epoch)
+        rows: list[dict[str, Any]] = []  # not yet in the metrics file
+        last_row: dict[str, Any] = {}
+        t_last = time.perf_counter()
+        for batch in loader:
+            step += 1
+            generator = step_generator(cfg.seed, step, rank)
+            inputs, valid = prepare_batch(batch, cfg, generator, device)
+            with autocast:
+                preds, visible = model(inputs, generator)
+                loss, parts = multimae_loss(cfg.model, preds, inputs, visible, valid, inner.patch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            optimizer.step()
+            schedule.step()
+            now = time.perf_counter()
+            samples = valid.shape[0] * world
+            row = {
+                "step": step, "epoch": epoch, "loss": loss.item(),
+                **{f"loss/{k}": v.item() for k, v in parts.items()},
+                "lr": schedule.get_last_lr()[0], "samples_per_s": samples / (now - t_last),
+                "tokens_per_s": samples * inner.num_visible / (now - t_last),
+                "skipped": batch["skipped"],
+            }  # fmt: skip
+            t_last = now
+            rows.append(row)
+            last_row = row
+            if step % cfg.log_every == 0:
+                ray.train.report(row)
+                if rank == 0:
+                    _append_metrics(run_dir, rows)
+                    rows = []
+            if (
+                fail_at
+                and step == fail_at
+                and rank == 1
+                and not (run_dir / ".failed-once").exists()
+            ):
+                (run_dir / ".failed-once").touch()
+                os._exit(1)  # a worker dying mid-epoch, as a lost node would
+        if rank == 0:
+            _append_metrics(run_dir, rows)
+        last = epoch == cfg.epochs - 1
+        if (epoch + 1) % cfg.checkpoint_every and not last:
+            continue
+        metrics = {**last_row, "step": step, "epoch": epoch}
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                state = {"step": step, "epoch": epoch, "world_size": world, "metrics": metrics}
+                checkpoint.save(Path(tmp), model, optimizer, schedule, state, cfg)
+                _figures(run_dir, model, cfg, epoch, device)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
