@@ -15,6 +15,10 @@ World
 Ingest
     ``make_config``: an ingest config for the whole sample world; ``ingested``: one
     uninterrupted ingest of it (64 px chip grid), shared by the ingest and shard tests.
+
+Shards
+    ``shard_set``: the ingest's cube cut into 64 px chips in small (~4 MB) shards, so
+    every split has several; used by the shard, training and evaluation tests.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import pytest
 from infra.services import LocalServices
 from infra.world import WorldConfig, generate_world
 from ingest.config import IngestConfig
+from shards.config import ShardConfig
 
 
 @pytest.fixture(scope="session")
@@ -121,3 +126,25 @@ def ingested(
 
     cfg = make_config(tmp_path_factory.mktemp("ingest"))
     return cfg, run_ingest(cfg)
+
+
+# Small shards, so that every split has several and the loader's splitting is exercised.
+CHIP_SIZE = 64
+SHARD_BYTES = 4_000_000
+
+
+@pytest.fixture(scope="session")
+def shard_set(
+    ingested: tuple[IngestConfig, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ShardConfig, dict[str, Any]]:
+    """Shards of the sample world's cube (64 px chips, ~4 MB shards): (config, summary)."""
+    from shards.run import run_shard
+
+    ingest_cfg, _ = ingested
+    cfg = ShardConfig(
+        run_dir=ingest_cfg.run_dir,
+        out=str(tmp_path_factory.mktemp("shards") / "shards"),
+        chip_size=CHIP_SIZE,
+        shard_bytes=SHARD_BYTES,
+    )
+    return cfg, run_shard(cfg)

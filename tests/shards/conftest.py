@@ -1,4 +1,4 @@
-"""Fixtures for the shard tests: one shard set cut from the session's ingest of the world."""
+"""Fixtures for the shard tests (the shard set itself, `shard_set`, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,29 +7,7 @@ from typing import Any
 
 import pytest
 
-from ingest.config import IngestConfig
 from shards.config import ShardConfig
-
-# Small shards, so that every split has several and the loader's splitting is exercised.
-CHIP_SIZE = 64
-SHARD_BYTES = 4_000_000
-
-
-@pytest.fixture(scope="session")
-def shard_set(
-    ingested: tuple[IngestConfig, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[ShardConfig, dict[str, Any]]:
-    """Shards of the sample world's cube (64 px chips, ~4 MB shards): (config, summary)."""
-    from shards.run import run_shard
-
-    ingest_cfg, _ = ingested
-    cfg = ShardConfig(
-        run_dir=ingest_cfg.run_dir,
-        out=str(tmp_path_factory.mktemp("shards") / "shards"),
-        chip_size=CHIP_SIZE,
-        shard_bytes=SHARD_BYTES,
-    )
-    return cfg, run_shard(cfg)
 
 
 @pytest.fixture()
