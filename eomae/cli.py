@@ -8,6 +8,8 @@
     eomae shard --run-dir RUN              cube -> chips -> spatial splits -> WebDataset shards
     eomae verify RUN/shards                re-check every shard, sample and member
     eomae inspect RUN/shards               statistics + a PNG of random samples
+    eomae pretrain --run-dir RUN           MultiMAE pretraining on Ray Train
+    eomae export RUN/pretrain/NAME         the pretrained encoder + its config, for evaluation
     eomae demo                             world -> services -> ingest -> shard -> verify
 
 Every command takes `--config FILE.yaml`; flags override the file. Run
@@ -47,6 +49,7 @@ from eomae.shards_cli import (
     VerifyCommand,
     run_shard_with_progress,
 )
+from eomae.training_cli import ExportCommand, PretrainCommand
 from infra.services import LocalServices, ServiceError
 from infra.world import WorldConfig, WorldError, generate_world
 from ingest.catalog import PLANETARY_COMPUTER, CatalogError, open_catalog, search_items
@@ -57,6 +60,8 @@ from ingest.sources import dem, sentinel2, worldcover
 from shards.config import ShardConfig
 from shards.manifest import ShardSetError
 from shards.verify import verify
+from training.export import CheckpointError
+from training.pretrain import PretrainError
 
 console = Console(stderr=True)
 DEFAULT_RUN_DIR = Path("runs/demo")
@@ -219,6 +224,8 @@ class Eomae(
     shard: CliSubCommand[ShardCommand] = Field(description=ShardCommand.__doc__)
     verify: CliSubCommand[VerifyCommand] = Field(description=VerifyCommand.__doc__)
     inspect: CliSubCommand[InspectCommand] = Field(description=InspectCommand.__doc__)
+    pretrain: CliSubCommand[PretrainCommand] = Field(description=PretrainCommand.__doc__)
+    export: CliSubCommand[ExportCommand] = Field(description=ExportCommand.__doc__)
     demo: CliSubCommand[DemoCommand] = Field(description=DemoCommand.__doc__)
 
     def cli_cmd(self) -> None:
@@ -330,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (
         WorldError, CatalogError, ConfigFileError, ServiceError, IngestFailed, ReadError,
-        ShardSetError,
+        ShardSetError, PretrainError, CheckpointError,
     ) as e:  # fmt: skip
         console.print(f"[red]error:[/red] {e}")
         return 2

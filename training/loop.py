@@ -146,9 +146,11 @@ def _figures(
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train entry point: config = {"cfg": PretrainConfig JSON, "run_dir": local dir}.
+    """Ray Train's entry point: train one worker's share of the run.
 
-    `config["fail_at_step"]` (tests only): rank 1 exits abruptly once at that step.
+    config: "cfg" (PretrainConfig as JSON), "run_dir" (local directory of the run),
+    "resume_from" (checkpoint directory or None), "fail_at_step" (tests only: rank 1
+    exits abruptly once at that step).
     """
     cfg = PretrainConfig.model_validate(config["cfg"])
     run_dir = Path(config["run_dir"])
@@ -176,10 +178,13 @@ def train_loop(config: dict[str, Any]) -> None:
         optimizer, warmup_cosine(warmup, total, cfg.min_lr / cfg.lr)
     )
     step, start_epoch = 0, 0
-    restored = ray.train.get_checkpoint()
+    restored = ray.train.get_checkpoint()  # after a worker failure, or Ray's own restore
     if restored is not None:
         with restored.as_directory() as d:
             state = checkpoint.load(Path(d), model, optimizer, schedule)
+        step, start_epoch = state["step"], state["epoch"] + 1
+    elif config.get("resume_from"):  # --resume of a stopped run
+        state = checkpoint.load(Path(config["resume_from"]), model, optimizer, schedule)
         step, start_epoch = state["step"], state["epoch"] + 1
     if rank == 0:
         _truncate_metrics(run_dir, step)

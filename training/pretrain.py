@@ -24,6 +24,7 @@ from ingest.parallel import init_ray
 from shards.config import SHARDS_DIR, join_url
 from shards.manifest import read_manifest
 from training.config import PretrainConfig
+from training.export import latest_checkpoint
 from training.loop import METRICS, PLOTS, train_loop
 
 PRETRAIN_DIR = "pretrain"
@@ -87,6 +88,7 @@ def run_pretrain(cfg: PretrainConfig, *, _fail_at_step: int | None = None) -> di
             "cfg": cfg.model_copy(update={"shards": shards_of(cfg)}).model_dump(mode="json"),
             "run_dir": str(out),
             "fail_at_step": _fail_at_step,
+            "resume_from": str(latest_checkpoint(out)) if cfg.resume else None,
         },
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(

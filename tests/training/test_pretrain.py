@@ -1,0 +1,104 @@
+"""`eomae pretrain` on a 2-worker Ray Train run over the sample world's shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from training.config import ModelConfig, PretrainConfig
+from training.export import CheckpointError, export_encoder, latest_checkpoint, load_encoder
+from training.pretrain import PretrainError, run_pretrain
+
+
+def short_run(shard_set: Any, run_dir: Path, name: str, **overrides: Any) -> PretrainConfig:
+    """A tiny model, 4 steps per epoch on 2 workers (64 samples / (2 x 8))."""
+    fields: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "shards": shard_set[0].out_url,
+        "name": name,
+        "model": ModelConfig(size="tiny", modalities="bandgroups"),
+        "workers": 2,
+        "batch_size": 8,
+        "epochs": 3,
+        "epoch_samples": 64,
+        "lr": 1e-3,
+        "warmup_epochs": 0.5,
+        "log_every": 2,
+        "loader_workers": 0,
+        "max_failures": 1,
+    }
+    return PretrainConfig(**{**fields, **overrides})
+
+
+def metric_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
+
+
+def test_a_short_run_learns_and_writes_checkpoints_metrics_and_figures(
+    shard_set: Any, ray_session: None, tmp_path: Path
+) -> None:
+    summary = run_pretrain(short_run(shard_set, tmp_path, "short", epochs=4))
+    rows = metric_rows(summary)
+    assert [r["step"] for r in rows] == list(range(1, 17))
+    first, last = rows[:4], rows[-4:]
+    assert sum(r["loss"] for r in last) < 0.8 * sum(r["loss"] for r in first), rows
+    assert {"loss/rgb", "loss/dem", "loss/lc", "samples_per_s", "tokens_per_s", "lr"} <= set(
+        rows[0]
+    )
+    ckpts = sorted(Path(summary["dir"]).glob("checkpoint_*"))
+    assert len(ckpts) == 2  # keep_checkpoints
+    assert summary["metrics"]["step"] == 16
+    names = {Path(p).name for p in summary["plots"]}
+    assert {"loss.png", "reconstruction_0003.png"} <= names
+    # The encoder exports and encodes any input subset.
+    encoder = load_encoder(export_encoder(Path(summary["dir"]), tmp_path / "encoder.pt"))
+    x = {"rgb": torch.randn(2, 3, 56, 56), "dem": torch.randn(2, 1, 56, 56)}
+    assert encoder.features(x).shape == (2, encoder.dim)
+    assert encoder.features({"rgb": x["rgb"]}, pool="global").shape == (2, encoder.dim)
+
+
+def test_a_killed_worker_is_replaced_and_training_resumes(
+    shard_set: Any, ray_session: None, tmp_path: Path
+) -> None:
+    summary = run_pretrain(short_run(shard_set, tmp_path, "faulty"), _fail_at_step=6)
+    assert (Path(summary["dir"]) / ".failed-once").exists()  # the worker did die at step 6
+    rows = metric_rows(summary)
+    assert [r["step"] for r in rows] == list(range(1, 13))  # continuous, no duplicates
+    assert summary["metrics"]["step"] == 12
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return dict(torch.load(latest_checkpoint(run_dir) / "model.pt"))
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(
+    shard_set: Any, ray_session: None, tmp_path: Path
+) -> None:
+    whole = run_pretrain(short_run(shard_set, tmp_path, "whole", epochs=2))
+    stopped = short_run(shard_set, tmp_path, "stopped", epochs=2, max_failures=0)
+    with pytest.raises(Exception, match="(?i)fail|error"):
+        run_pretrain(stopped, _fail_at_step=6)  # dies after the epoch-0 checkpoint
+    resumed = run_pretrain(stopped.model_copy(update={"resume": True}))
+    assert resumed["metrics"]["step"] == whole["metrics"]["step"] == 8
+    a, b = final_weights(Path(whole["dir"])), final_weights(Path(resumed["dir"]))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_runs_are_never_mixed_up(shard_set: Any, tmp_path: Path) -> None:
+    cfg = short_run(shard_set, tmp_path, "taken")
+    (tmp_path / "pretrain" / "taken").mkdir(parents=True)
+    with pytest.raises(PretrainError, match="--resume continues it"):
+        run_pretrain(cfg)
+    with pytest.raises(PretrainError, match="nothing to resume"):
+        run_pretrain(cfg.model_copy(update={"name": "other", "resume": True}))
+    with pytest.raises(PretrainError, match="smaller than the model's input"):
+        big = ModelConfig(masking="multimae", modalities="s2")
+        run_pretrain(cfg.model_copy(update={"name": "big", "model": big}))
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        export_encoder(tmp_path / "pretrain" / "taken", tmp_path / "e.pt")

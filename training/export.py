@@ -1,0 +1,93 @@
+"""Encoder export: a pretrained MultiMAE's input adapters + encoder, with their config.
+
+    torch.load(FILE) == {"format": "eomae-encoder/1", "model": ModelConfig as dict,
+                         "state_dict": {...}, "source": checkpoint path, "step": N}
+
+`load_encoder` gives back a MultiMAE without output adapters whose `encode` and
+`features` take any subset of the input modalities; evaluation builds on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training import checkpoint
+from training.config import ModelConfig
+from training.multimae import MultiMAE
+
+FORMAT = "eomae-encoder/1"
+ENCODER_PREFIXES = ("input_adapters.", "global_token", "encoder.", "norm.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or encoder file that cannot be used as asked."""
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint with the most steps in a pretraining run directory."""
+    found = [p for p in Path(run_dir).glob("checkpoint_*") if (p / checkpoint.STATE).exists()]
+    if not found:
+        raise CheckpointError(f"no checkpoint in {run_dir}")
+    return max(found, key=lambda p: json.loads((p / checkpoint.STATE).read_text())["step"])
+
+
+def encoder_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder's part of a MultiMAE state dict."""
+    state = checkpoint.unwrap(model).state_dict()
+    return {k: v for k, v in state.items() if k.startswith(ENCODER_PREFIXES)}
+
+
+def export_encoder(source: Path, out: Path) -> Path:
+    """Write the encoder of a checkpoint (or of a run's latest one) to `out`."""
+    source = Path(source)
+    ckpt = source if (source / checkpoint.MODEL).exists() else latest_checkpoint(source)
+    cfg = checkpoint.read_config(ckpt)
+    state = torch.load(ckpt / checkpoint.MODEL, map_location="cpu")
+    step = json.loads((ckpt / checkpoint.STATE).read_text())["step"]
+    payload = {
+        "format": FORMAT,
+        "model": cfg.model.model_dump(mode="json"),
+        "state_dict": {k: v for k, v in state.items() if k.startswith(ENCODER_PREFIXES)},
+        "source": str(ckpt),
+        "step": step,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(out)
+    return out
+
+
+def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Load `state` into `model`, naming every missing, unexpected or mis-shaped key."""
+    own = model.state_dict()
+    problems = [f"{k}: {tuple(v.shape)} in {what}, model has {tuple(own[k].shape)}"
+                for k, v in state.items() if k in own and own[k].shape != v.shape]  # fmt: skip
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if problems or missing or unexpected:
+        lines = (
+            problems + [f"missing: {k}" for k in missing] + [f"unexpected: {k}" for k in unexpected]
+        )
+        raise CheckpointError(f"{what} does not fit the model:\n  " + "\n  ".join(lines[:20]))
+    model.load_state_dict(state)
+
+
+def load_encoder(path: Path, map_location: str = "cpu") -> MultiMAE:
+    """A MultiMAE encoder (no output adapters) from an exported file, ready for `features`."""
+    try:
+        payload: dict[str, Any] = torch.load(path, map_location=map_location)
+    except (OSError, RuntimeError) as e:
+        raise CheckpointError(f"cannot read encoder {path}: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an eomae encoder export ({FORMAT})")
+    cfg = ModelConfig.model_validate(payload["model"])
+    model = MultiMAE(cfg)
+    model.output_adapters = nn.ModuleDict()
+    load_state_checked(model, payload["state_dict"], str(path))
+    return model.eval()
