@@ -53,7 +53,8 @@ def warmup_cosine(warmup: int, total: int, floor: float) -> Any:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on biases, norms, embeddings and tokens (as MAE)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -98,6 +99,13 @@ def prepare_batch(
     return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}, valid.to(device)
 
 
+def unwrap_multimae(model: nn.Module) -> MultiMAE:
+    """The MultiMAE under DDP / compile wrappers."""
+    inner = checkpoint.unwrap(model)
+    assert isinstance(inner, MultiMAE)
+    return inner
+
+
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     """The generator of one step's crops and masks on one rank."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
@@ -130,7 +138,7 @@ def _figures(
         batch = next(iter(make_loader(shards, "val", batch_size=4, rank=0, world_size=1)))
     except ShardSetError:  # no val split: show training chips
         batch = next(iter(make_loader(shards, "train", batch_size=4, rank=0, world_size=1)))
-    inner = checkpoint.unwrap(model)
+    inner = unwrap_multimae(model)
     inputs, valid = prepare_batch(batch, cfg, step_generator(cfg.seed, 0, 0), device)
     with torch.no_grad():
         preds, visible = inner(inputs, step_generator(cfg.seed, 0, 0))
@@ -188,15 +196,15 @@ def train_loop(config: dict[str, Any]) -> None:
         step, start_epoch = state["step"], state["epoch"] + 1
     if rank == 0:
         _truncate_metrics(run_dir, step)
-    model = ray.train.torch.prepare_model(model)
+    trained: nn.Module = ray.train.torch.prepare_model(model)  # DDP
     if cfg.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
+        trained = torch.compile(trained)  # type: ignore[assignment]
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     )
     fail_at = config.get("fail_at_step") or 0  # tests: rank 1 dies once at this step
-    inner = checkpoint.unwrap(model)
+    inner = unwrap_multimae(model)
 
     for epoch in range(start_epoch, cfg.epochs):
         loader.set_epoch(epoch)
@@ -208,12 +216,12 @@ def train_loop(config: dict[str, Any]) -> None:
             generator = step_generator(cfg.seed, step, rank)
             inputs, valid = prepare_batch(batch, cfg, generator, device)
             with autocast:
-                preds, visible = model(inputs, generator)
+                preds, visible = trained(inputs, generator)
                 loss, parts = multimae_loss(cfg.model, preds, inputs, visible, valid, inner.patch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.clip_grad)
             optimizer.step()
             schedule.step()
             now = time.perf_counter()

@@ -90,7 +90,8 @@ def run_pretrain(cfg: PretrainConfig, *, _fail_at_step: int | None = None) -> di
             "fail_at_step": _fail_at_step,
             "resume_from": str(latest_checkpoint(out)) if cfg.resume else None,
         },
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu),
+        # Ray Train V2 takes (min, max) for elastic groups; the annotation is V1's.
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu),  # type: ignore[arg-type]
         run_config=RunConfig(
             name=name,
             storage_path=str(out.parent),
