@@ -10,6 +10,7 @@
     eomae inspect RUN/shards               statistics + a PNG of random samples
     eomae pretrain --run-dir RUN           MultiMAE pretraining on Ray Train
     eomae export RUN/pretrain/NAME         the pretrained encoder + its config, for evaluation
+    eomae bench loader|train               ratios against the alternatives (median, spread)
     eomae demo                             world -> services -> ingest -> shard -> verify
 
 Every command takes `--config FILE.yaml`; flags override the file. Run
@@ -41,6 +42,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from eomae.bench_cli import BenchCommand
 from eomae.config import Command, ConfigFileError, describe_validation_error, expand_config
 from eomae.shards_cli import (
     InspectCommand,
@@ -226,6 +228,7 @@ class Eomae(
     inspect: CliSubCommand[InspectCommand] = Field(description=InspectCommand.__doc__)
     pretrain: CliSubCommand[PretrainCommand] = Field(description=PretrainCommand.__doc__)
     export: CliSubCommand[ExportCommand] = Field(description=ExportCommand.__doc__)
+    bench: CliSubCommand[BenchCommand] = Field(description=BenchCommand.__doc__)
     demo: CliSubCommand[DemoCommand] = Field(description=DemoCommand.__doc__)
 
     def cli_cmd(self) -> None:

@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,39 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
 
 
+def train_step(
+    trained: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, Any],
+    cfg: PretrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+    autocast: AbstractContextManager[Any],
+) -> tuple[Tensor, dict[str, Tensor], int]:
+    """One optimiser step on one batch: (loss, per-modality losses, samples in the batch).
+
+    `trained` is the model as trained (DDP and/or compiled); the learning-rate schedule is
+    the caller's.
+    """
+    inputs, valid = prepare_batch(batch, cfg, generator, device)
+    with autocast:
+        preds, visible = trained(inputs, generator)
+        patch = unwrap_multimae(trained).patch
+        loss, parts = multimae_loss(cfg.model, preds, inputs, visible, valid, patch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip_grad:
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.clip_grad)
+    optimizer.step()
+    return loss, parts, valid.shape[0]
+
+
+def autocast_for(cfg: PretrainConfig, device: torch.device) -> AbstractContextManager[Any]:
+    """bf16 autocast where the config asks for it (auto: on GPU), else nothing."""
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
 def _append_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     with open(run_dir / METRICS, "a") as f:
         for row in rows:
@@ -199,10 +232,7 @@ def train_loop(config: dict[str, Any]) -> None:
     trained: nn.Module = ray.train.torch.prepare_model(model)  # DDP
     if cfg.compile:
         trained = torch.compile(trained)  # type: ignore[assignment]
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    )
+    autocast = autocast_for(cfg, device)
     fail_at = config.get("fail_at_step") or 0  # tests: rank 1 dies once at this step
     inner = unwrap_multimae(model)
 
@@ -214,18 +244,12 @@ def train_loop(config: dict[str, Any]) -> None:
         for batch in loader:
             step += 1
             generator = step_generator(cfg.seed, step, rank)
-            inputs, valid = prepare_batch(batch, cfg, generator, device)
-            with autocast:
-                preds, visible = trained(inputs, generator)
-                loss, parts = multimae_loss(cfg.model, preds, inputs, visible, valid, inner.patch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.clip_grad)
-            optimizer.step()
+            loss, parts, samples = train_step(
+                trained, optimizer, batch, cfg, generator, device, autocast
+            )
             schedule.step()
             now = time.perf_counter()
-            samples = valid.shape[0] * world
+            samples *= world
             row = {
                 "step": step, "epoch": epoch, "loss": loss.item(),
                 **{f"loss/{k}": v.item() for k, v in parts.items()},

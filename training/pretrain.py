@@ -54,6 +54,12 @@ def check_start(cfg: PretrainConfig) -> str:
         raise PretrainError(f"{out} exists; --resume continues it, or choose another --name")
     if cfg.resume and not out.exists():
         raise PretrainError(f"nothing to resume: {out} does not exist")
+    check_data(cfg)
+    return name
+
+
+def check_data(cfg: PretrainConfig) -> None:
+    """The shard set exists and fits the model's input size and the batch size."""
     manifest = read_manifest(shards_of(cfg))
     size = cfg.model.geometry[0]
     if manifest.chip_size < size:
@@ -66,7 +72,6 @@ def check_start(cfg: PretrainConfig) -> str:
             f"the train split has {manifest.samples('train')} samples, "
             f"fewer than --batch-size {cfg.batch_size}"
         )
-    return name
 
 
 def run_pretrain(cfg: PretrainConfig, *, _fail_at_step: int | None = None) -> dict[str, Any]:

@@ -1,0 +1,144 @@
+"""`eomae bench loader|train`: ratios measured side by side, each a median with its spread.
+
+Every bench writes RUN/bench/NAME.json (configuration, every repeat's raw rates, the
+figures as median / min / max) and RUN/bench/NAME.png (a bar chart of the figures),
+and prints a table. This machine is shared and noisy, so only ratios of two things
+measured in the same run are reported, never bare rates from different runs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+from pydantic import Field
+from pydantic_settings import CliApp, CliPositionalArg, CliSubCommand
+from rich.console import Console
+from rich.table import Table
+
+from eomae.config import Command
+from shards.bench import bench_loader, size_ratio
+from shards.config import join_url
+from training.bench import TrainBenchConfig, bench_train, train_ratios
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+console = Console(stderr=True)
+BENCH_DIR = "bench"
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max of repeated measurements."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import os
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "gpu": gpu}  # fmt: skip
+
+
+def report(
+    name: str,
+    out_dir: Path,
+    figures: dict[str, list[float]],
+    rows: list[dict[str, Any]],
+    config: dict[str, Any],
+    goals: dict[str, str],
+) -> dict[str, Any]:
+    """Write NAME.json and NAME.png under `out_dir`, print the table; return the record."""
+    summary = {k: spread(v) for k, v in figures.items()}
+    record = {
+        "bench": name,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "config": config,
+        "figures": summary,
+        "goals": goals,
+        "repeats": rows,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(record, indent=1, default=str))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(summary), 3.2))
+    keys = list(summary)
+    medians = [summary[k]["median"] for k in keys]
+    errors = [[m - summary[k]["min"] for k, m in zip(keys, medians, strict=True)],
+              [summary[k]["max"] - m for k, m in zip(keys, medians, strict=True)]]  # fmt: skip
+    ax.bar(range(len(keys)), medians, yerr=errors, capsize=4, color="#4c72b0")
+    ax.set_xticks(range(len(keys)), keys, rotation=20, ha="right", fontsize=8)
+    ax.set_title(f"eomae bench {name} (median, min-max of {len(next(iter(figures.values())))})")
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{name}.png", dpi=120)
+    plt.close(fig)
+
+    table = Table(title=f"bench {name}: {out_dir / (name + '.json')}")
+    for col in ("figure", "median", "min", "max", "goal"):
+        table.add_column(col)
+    for k, s in summary.items():
+        table.add_row(k, f"{s['median']:.3f}", f"{s['min']:.3f}", f"{s['max']:.3f}",
+                      goals.get(k, ""))  # fmt: skip
+    Console().print(table)
+    return record
+
+
+class BenchLoaderCommand(Command):
+    """Loader samples/s ÷ decoding the same samples from memory, 0/1/2 workers; bytes ratio."""
+
+    shards: CliPositionalArg[str] = Field(description="Shard set (path or fsspec URL).")
+    split: str = Field("train", description="Split to read.")
+    workers: list[int] = Field([0, 1, 2], description="DataLoader worker counts to measure.")
+    batch_size: int = Field(32, ge=1, description="Samples per batch.")
+    samples: int = Field(2048, ge=1, description="Samples per measurement.")
+    repeats: int = Field(3, ge=1, description="Repeats per worker count (median, spread).")
+    out: Path | None = Field(None, description="Output directory (default: SHARDS/../bench).")
+
+    def cli_cmd(self) -> None:
+        """Measure, then report."""
+        rows = bench_loader(self.shards, self.split, self.workers, self.batch_size,
+                            self.samples, self.repeats, log=console.print)  # fmt: skip
+        figures = {
+            f"loader/memory {n}w": [r["loader"] / r["memory"] for r in rows if r["workers"] == n]
+            for n in self.workers
+        }
+        sizes = size_ratio(self.shards)
+        figures["shard/array bytes"] = [sizes["bytes_ratio"]]
+        goals = {k: ">= 0.9" for k in figures} | {"shard/array bytes": "<= 1.05"}
+        out = self.out or Path(join_url(self.shards, "..")).resolve() / BENCH_DIR
+        config = self.model_dump(mode="json") | sizes
+        report("loader", out, figures, rows, config, goals)
+
+
+class BenchTrainCommand(TrainBenchConfig, Command):
+    """Ray Train samples/s ÷ plain DDP; data stall (real vs in-memory batches)."""
+
+    def cli_cmd(self) -> None:
+        """Measure, then report."""
+        cfg = TrainBenchConfig(**self.model_dump(include=set(TrainBenchConfig.model_fields)))
+        rows = bench_train(cfg, log=console.print)
+        ratios = [train_ratios(r) for r in rows]
+        figures = {k: [r[k] for r in ratios] for k in ratios[0]}
+        out = Path(cfg.run_dir).resolve() / BENCH_DIR
+        report("train", out, figures, rows, cfg.model_dump(mode="json"),
+               {"ray_vs_plain": ">= 0.97", "data_stall": "<= 0.05"})  # fmt: skip
+
+
+class BenchCommand(Command):
+    """Benchmarks: ratios against what users would use instead (see docs/benchmarks.md)."""
+
+    loader: CliSubCommand[BenchLoaderCommand] = Field(description=BenchLoaderCommand.__doc__)
+    train: CliSubCommand[BenchTrainCommand] = Field(description=BenchTrainCommand.__doc__)
+
+    def cli_cmd(self) -> None:
+        """Dispatch to the chosen benchmark."""
+        CliApp.run_subcommand(self)
