@@ -10,6 +10,7 @@
     eomae inspect RUN/shards               statistics + a PNG of random samples
     eomae pretrain --run-dir RUN           MultiMAE pretraining on Ray Train
     eomae export RUN/pretrain/NAME         the pretrained encoder + its config, for evaluation
+    eomae evaluate --run-dir RUN           probes, kNN, fine-tuning per input subset -> report
     eomae bench loader|train               ratios against the alternatives (median, spread)
     eomae demo                             world -> services -> ingest -> shard -> verify
 
@@ -44,6 +45,7 @@ from rich.table import Table
 
 from eomae.bench_cli import BenchCommand
 from eomae.config import Command, ConfigFileError, describe_validation_error, expand_config
+from eomae.evaluation_cli import EvaluateCommand
 from eomae.shards_cli import (
     InspectCommand,
     ProblemsFound,
@@ -52,6 +54,8 @@ from eomae.shards_cli import (
     run_shard_with_progress,
 )
 from eomae.training_cli import ExportCommand, PretrainCommand
+from evaluation.benchmarks import BenchmarkError
+from evaluation.run import EvaluationError
 from infra.services import LocalServices, ServiceError
 from infra.world import WorldConfig, WorldError, generate_world
 from ingest.catalog import PLANETARY_COMPUTER, CatalogError, open_catalog, search_items
@@ -228,6 +232,7 @@ class Eomae(
     inspect: CliSubCommand[InspectCommand] = Field(description=InspectCommand.__doc__)
     pretrain: CliSubCommand[PretrainCommand] = Field(description=PretrainCommand.__doc__)
     export: CliSubCommand[ExportCommand] = Field(description=ExportCommand.__doc__)
+    evaluate: CliSubCommand[EvaluateCommand] = Field(description=EvaluateCommand.__doc__)
     bench: CliSubCommand[BenchCommand] = Field(description=BenchCommand.__doc__)
     demo: CliSubCommand[DemoCommand] = Field(description=DemoCommand.__doc__)
 
@@ -340,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (
         WorldError, CatalogError, ConfigFileError, ServiceError, IngestFailed, ReadError,
-        ShardSetError, PretrainError, CheckpointError,
+        ShardSetError, PretrainError, CheckpointError, EvaluationError, BenchmarkError,
     ) as e:  # fmt: skip
         console.print(f"[red]error:[/red] {e}")
         return 2

@@ -1,0 +1,244 @@
+"""Evaluation protocols: linear probe, kNN and fine-tuning, for classification and segmentation.
+
+Each protocol gets an encoder (a MultiMAE without decoders), the model modalities to feed
+it, a train and a test split, and returns the test split's predictions:
+(N, K) scores for scene and multi-label tasks, (N, H, W) class indices for segmentation.
+
+- `linear`: frozen encoder, pooled features (mean of patch tokens), standardised with
+  the train features' statistics (the BatchNorm without affine of MAE's linear probe),
+  one linear layer trained with AdamW. Segmentation: a linear layer on each frozen patch
+  token predicting its patch's pixel logits (`frozen-seg`).
+- `knn`: cosine similarity of L2-normalised pooled features, the k nearest train samples
+  vote with weights exp(similarity / T) (as DINO's kNN); multi-label scores are the
+  weighted mean of the neighbours' label vectors.
+- `finetune`: encoder and a linear head trained together, the encoder at a lower learning
+  rate, random flips as augmentation. From random init this is the supervised baseline.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from evaluation.benchmarks import IGNORE, Task
+from evaluation.data import EvalSplit
+from training.modalities import ModelModality, split_batch
+from training.multimae import MultiMAE
+
+Protocol = Literal["linear", "knn", "finetune"]
+PROTOCOLS: tuple[Protocol, ...] = ("linear", "knn", "finetune")
+
+
+class ProbeConfig(BaseModel):
+    """Optimisation settings shared by the protocols."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(64, ge=1, description="Samples per step.")
+    linear_epochs: int = Field(100, ge=1, description="Epochs of the linear / patch head.")
+    linear_lr: float = Field(1e-2, gt=0, description="Learning rate of the frozen-encoder heads.")
+    knn_k: int = Field(20, ge=1, description="Neighbours of the kNN vote.")
+    knn_temperature: float = Field(0.07, gt=0, description="kNN vote weight exp(sim / T).")
+    finetune_epochs: int = Field(10, ge=1, description="Epochs of fine-tuning.")
+    finetune_lr: float = Field(1e-3, gt=0, description="Peak learning rate of the head.")
+    encoder_lr_scale: float = Field(0.1, gt=0, description="Encoder lr = finetune_lr x this.")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay.")
+    seed: int = Field(0, description="Seed of heads, batches and augmentation.")
+
+
+def _batches(n: int, size: int, generator: torch.Generator | None = None) -> list[Tensor]:
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return list(order.split(size))
+
+
+def _inputs(split: EvalSplit, modalities: tuple[ModelModality, ...]) -> dict[str, Tensor]:
+    return split_batch(split.sources, modalities)
+
+
+@torch.no_grad()
+def encode(
+    encoder: MultiMAE, split: EvalSplit, modalities: tuple[ModelModality, ...], batch_size: int
+) -> tuple[Tensor, Tensor]:
+    """Pooled features (N, D) and patch tokens averaged over modalities (N, g*g, D)."""
+    encoder.eval()
+    pooled, patches = [], []
+    inputs = _inputs(split, modalities)
+    for index in _batches(len(split), batch_size):
+        tokens = encoder.encode({k: v[index] for k, v in inputs.items()})[:, 1:]  # (B, M*g*g, D)
+        b, n, d = tokens.shape
+        per_position = tokens.view(b, len(inputs), n // len(inputs), d).mean(dim=1)
+        pooled.append(tokens.mean(dim=1))
+        patches.append(per_position)
+    return torch.cat(pooled), torch.cat(patches)
+
+
+def loss_fn(kind: Task, logits: Tensor, target: Tensor) -> Tensor:
+    """BCE for multi-label, cross-entropy (ignoring unlabelled pixels) otherwise."""
+    if kind == "multilabel":
+        return F.binary_cross_entropy_with_logits(logits, target)
+    return F.cross_entropy(logits, target, ignore_index=IGNORE)
+
+
+class PatchHead(nn.Module):
+    """Patch tokens (B, g*g, D) -> pixel logits (B, K, g*p, g*p): one linear map per token."""
+
+    def __init__(self, dim: int, classes: int, patch: int) -> None:
+        super().__init__()
+        self.classes, self.patch = classes, patch
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, classes * patch * patch)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Pixel logits of every patch, laid out on the image grid."""
+        b, n, _ = tokens.shape
+        g, p, k = int(n**0.5), self.patch, self.classes
+        x = self.proj(self.norm(tokens)).view(b, g, g, k, p, p)
+        return x.permute(0, 3, 1, 4, 2, 5).reshape(b, k, g * p, g * p)
+
+
+def fit_head(head: nn.Module, x: Tensor, y: Tensor, kind: Task, cfg: ProbeConfig) -> nn.Module:
+    """Train a head on frozen features `x` (N, ...) for labels `y` with AdamW + cosine."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.linear_lr,
+                                  weight_decay=cfg.weight_decay)  # fmt: skip
+    steps = cfg.linear_epochs * len(_batches(len(x), cfg.batch_size))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    head.train()
+    for _ in range(cfg.linear_epochs):
+        for index in _batches(len(x), cfg.batch_size, generator):
+            loss = loss_fn(kind, head(x[index]), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return head.eval()
+
+
+def linear_probe(
+    encoder: MultiMAE,
+    modalities: tuple[ModelModality, ...],
+    train: EvalSplit,
+    test: EvalSplit,
+    kind: Task,
+    classes: int,
+    cfg: ProbeConfig,
+) -> Tensor:
+    """Frozen encoder + linear head; the test split's scores or pixel predictions."""
+    torch.manual_seed(cfg.seed)
+    train_pooled, train_patches = encode(encoder, train, modalities, cfg.batch_size)
+    test_pooled, test_patches = encode(encoder, test, modalities, cfg.batch_size)
+    if kind == "segmentation":
+        head = fit_head(PatchHead(encoder.dim, classes, encoder.patch), train_patches,
+                        train.labels, kind, cfg)  # fmt: skip
+        with torch.no_grad():
+            return head(test_patches).argmax(dim=1)
+    mean, std = train_pooled.mean(dim=0), train_pooled.std(dim=0).clamp_min(1e-6)
+    head = fit_head(nn.Linear(encoder.dim, classes), (train_pooled - mean) / std,
+                    train.labels, kind, cfg)  # fmt: skip
+    with torch.no_grad():
+        return head((test_pooled - mean) / std)
+
+
+def knn(
+    encoder: MultiMAE,
+    modalities: tuple[ModelModality, ...],
+    train: EvalSplit,
+    test: EvalSplit,
+    kind: Task,
+    classes: int,
+    cfg: ProbeConfig,
+) -> Tensor:
+    """Weighted k-nearest-neighbour scores (N_test, K) from cosine similarity."""
+    if kind == "segmentation":
+        raise ValueError("kNN is a classification protocol; use linear or finetune")
+    train_x = F.normalize(encode(encoder, train, modalities, cfg.batch_size)[0], dim=1)
+    test_x = F.normalize(encode(encoder, test, modalities, cfg.batch_size)[0], dim=1)
+    sim = test_x @ train_x.T  # (N_test, N_train)
+    k = min(cfg.knn_k, len(train))
+    top, index = sim.topk(k, dim=1)
+    weights = (top / cfg.knn_temperature).exp()  # (N_test, k)
+    votes = train.labels.float()[index] if kind == "multilabel" else F.one_hot(
+        train.labels[index], classes).float()  # fmt: skip
+    return (weights[..., None] * votes).sum(dim=1) / weights.sum(dim=1, keepdim=True)
+
+
+class Finetuned(nn.Module):
+    """Encoder + head: pooled features -> linear for classification, PatchHead for pixels."""
+
+    def __init__(self, encoder: MultiMAE, kind: Task, classes: int) -> None:
+        super().__init__()
+        self.encoder, self.kind = encoder, kind
+        self.head: nn.Module = (
+            PatchHead(encoder.dim, classes, encoder.patch)
+            if kind == "segmentation"
+            else nn.Sequential(nn.LayerNorm(encoder.dim), nn.Linear(encoder.dim, classes))
+        )
+
+    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+        """Class scores (B, K), or pixel logits (B, K, H, W) for segmentation."""
+        tokens = self.encoder.encode(inputs)[:, 1:]
+        if self.kind != "segmentation":
+            return self.head(tokens.mean(dim=1))
+        b, n, d = tokens.shape
+        return self.head(tokens.view(b, len(inputs), n // len(inputs), d).mean(dim=1))
+
+
+def _flip(
+    inputs: dict[str, Tensor], labels: Tensor, kind: Task, g: torch.Generator
+) -> tuple[dict[str, Tensor], Tensor]:
+    """The same random horizontal/vertical flips for inputs (and pixel labels)."""
+    for dim in (-1, -2):
+        if torch.rand((), generator=g) < 0.5:
+            inputs = {k: v.flip(dim) for k, v in inputs.items()}
+            if kind == "segmentation":
+                labels = labels.flip(dim)
+    return inputs, labels
+
+
+def finetune(
+    encoder: MultiMAE,
+    modalities: tuple[ModelModality, ...],
+    train: EvalSplit,
+    test: EvalSplit,
+    kind: Task,
+    classes: int,
+    cfg: ProbeConfig,
+) -> Tensor:
+    """Encoder + head trained end to end; the test split's scores or pixel predictions."""
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model = Finetuned(encoder, kind, classes)
+    optimizer = torch.optim.AdamW(
+        [{"params": encoder.parameters(), "lr": cfg.finetune_lr * cfg.encoder_lr_scale},
+         {"params": model.head.parameters(), "lr": cfg.finetune_lr}],
+        weight_decay=cfg.weight_decay,
+    )  # fmt: skip
+    steps = cfg.finetune_epochs * len(_batches(len(train), cfg.batch_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, [cfg.finetune_lr * cfg.encoder_lr_scale, cfg.finetune_lr], total_steps=steps,
+        pct_start=0.1,
+    )  # fmt: skip
+    inputs = _inputs(train, modalities)
+    model.train()
+    for _ in range(cfg.finetune_epochs):
+        for index in _batches(len(train), cfg.batch_size, generator):
+            x, y = _flip({k: v[index] for k, v in inputs.items()}, train.labels[index], kind,
+                         generator)  # fmt: skip
+            loss = loss_fn(kind, model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    model.eval()
+    test_inputs = _inputs(test, modalities)
+    with torch.no_grad():
+        out = torch.cat([model({k: v[i] for k, v in test_inputs.items()})
+                         for i in _batches(len(test), cfg.batch_size)])  # fmt: skip
+    return out.argmax(dim=1) if kind == "segmentation" else out
+
+
+RUNNERS = {"linear": linear_probe, "knn": knn, "finetune": finetune}

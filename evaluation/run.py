@@ -1,0 +1,296 @@
+"""`eomae evaluate`: a pretrained encoder on downstream tasks, against random and supervised.
+
+    RUN/evaluation/NAME/report.md      tables (task x protocol x inputs x init) + figures
+    RUN/evaluation/NAME/results.json   every number
+    RUN/evaluation/NAME/plots/*.png
+
+Work is grouped by (task, protocol, inputs); each group evaluates every init and label
+fraction and is one Ray task (`use_ray`) or one step of a local loop. Inits: the
+pretrained encoder and the same architecture at random init; fine-tuning from random
+init is the supervised-from-scratch baseline and is reported as `supervised`. Label
+fractions subsample the train split (seeded), as the papers' low-label settings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+from evaluation.benchmarks import Benchmark, Task, bigearthnet, eurosat, geobench
+from evaluation.data import (
+    SHARD_TASKS,
+    EvalSplit,
+    TaskSpec,
+    benchmark_task,
+    landcover_task,
+    load_benchmark_splits,
+    load_shard_split,
+)
+from evaluation.metrics import HEADLINE, multilabel_scores, scene_scores, segmentation_scores
+from evaluation.protocols import PROTOCOLS, RUNNERS, ProbeConfig, Protocol
+from evaluation.report import write_report
+from shards.config import SHARDS_DIR, join_url
+from shards.modalities import DEM, LC, S2
+from training.export import CheckpointError, export_encoder, load_encoder
+from training.modalities import ModelModality
+from training.multimae import MultiMAE
+
+Init = Literal["pretrained", "random"]
+READERS: dict[str, Callable[[Path], Benchmark]] = {
+    "eurosat": eurosat.read,
+    "bigearthnet": bigearthnet.read,
+    "geobench": geobench.read,
+}
+EVAL_DIR = "evaluation"
+ENCODER_FILE = "encoder.pt"
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot run as asked (names what is wrong)."""
+
+
+class EvalConfig(BaseModel):
+    """`eomae evaluate`: encoder, data, tasks, protocols, input subsets, inits, label fractions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_dir: str = Field("runs/demo", description="Run directory (path).")
+    encoder: str | None = Field(
+        None,
+        description="Exported encoder file, pretraining run directory or checkpoint "
+        "(default: the newest run under RUN/pretrain).",
+    )
+    shards: str | None = Field(None, description="Shard set (default: RUN/shards).")
+    benchmark: Literal["eurosat", "bigearthnet", "geobench"] | None = Field(
+        None, description="Evaluate on a public benchmark in its native format, not shards."
+    )
+    data: Path | None = Field(None, description="The benchmark's directory (with --benchmark).")
+    tasks: list[Task] = Field(list(SHARD_TASKS), description="Tasks on the shards' land cover.")
+    protocols: list[Protocol] = Field(list(PROTOCOLS), description="Evaluation protocols.")
+    inputs: list[str] = Field(
+        ["s2", "s2+dem", "dem"], description="Input subsets: shard modalities joined by '+'."
+    )
+    inits: list[Init] = Field(["pretrained", "random"], description="Encoder initialisations.")
+    label_fractions: list[float] = Field([1.0], description="Fractions of train labels used.")
+    threshold: float = Field(
+        0.05, gt=0, lt=1, description="Multi-label: a class is present above this fraction."
+    )
+    probe: ProbeConfig = Field(default_factory=ProbeConfig, description="Protocol settings.")
+    name: str | None = Field(None, description="Report name (default: a timestamp).")
+    use_ray: bool = Field(False, description="One Ray task per (task, protocol, inputs).")
+    address: str | None = Field(None, description="Ray cluster address (with --use-ray).")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if self.benchmark and self.data is None:
+            raise ValueError(f"--benchmark {self.benchmark} needs --data, its directory")
+        bad = [f for f in self.label_fractions if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"label_fractions must be in (0, 1], not {bad}")
+        for subset in self.inputs:
+            sources = subset.split("+")
+            if LC.name in sources:
+                raise ValueError(f"inputs {subset!r}: land cover is the target, not an input")
+            unknown = [s for s in sources if s not in (S2.name, DEM.name)]
+            if unknown:
+                raise ValueError(f"inputs {subset!r}: unknown modalities {unknown} (s2, dem)")
+        return self
+
+
+def resolve_encoder(cfg: EvalConfig) -> Path:
+    """The encoder file to evaluate (exported from a run or checkpoint when needed)."""
+    if cfg.encoder is None:
+        runs = sorted(Path(cfg.run_dir, "pretrain").glob("*/"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise EvaluationError(f"no pretraining run in {cfg.run_dir}/pretrain; give --encoder")
+        source = runs[-1]
+    else:
+        source = Path(cfg.encoder)
+    if source.is_file():
+        return source
+    if not source.exists():
+        raise EvaluationError(f"encoder {source} does not exist")
+    out = source / ENCODER_FILE
+    return out if out.exists() else export_encoder(source, out)
+
+
+def build_encoder(path: Path, init: Init, seed: int) -> MultiMAE:
+    """The pretrained encoder, or the same architecture freshly initialised."""
+    encoder = load_encoder(path)
+    if init == "pretrained":
+        return encoder
+    torch.manual_seed(seed)
+    fresh = MultiMAE(encoder.cfg)
+    fresh.output_adapters = nn.ModuleDict()
+    return fresh
+
+
+def modalities_for(encoder: MultiMAE, subset: str, spec: TaskSpec) -> tuple[ModelModality, ...]:
+    """The encoder's input modalities fed from `subset` whose bands the dataset has."""
+    sources = subset.split("+")
+    chosen = tuple(
+        m for m in encoder.cfg.input_modalities
+        if m.source in sources and (m.source != S2.name or set(m.bands) <= set(spec.bands))
+    )  # fmt: skip
+    missing = [s for s in sources if not any(m.source == s for m in chosen)]
+    if missing:
+        have = [m.name for m in encoder.cfg.input_modalities]
+        raise EvaluationError(
+            f"inputs {subset!r}: the encoder has no usable input for {missing} on {spec.dataset} "
+            f"(encoder inputs {have}, dataset bands {list(spec.bands)})"
+        )
+    return chosen
+
+
+@functools.cache
+def _load(cfg_json: str, task: str) -> tuple[TaskSpec, EvalSplit, EvalSplit]:
+    """(spec, train, test) of a task; cached per process, shared by its groups."""
+    cfg = EvalConfig.model_validate_json(cfg_json)
+    patch = load_encoder(resolve_encoder(cfg)).patch
+    if cfg.benchmark:
+        assert cfg.data is not None
+        bench = READERS[cfg.benchmark](cfg.data)
+        splits = load_benchmark_splits(bench, ("train", "test"), patch)
+        return benchmark_task(bench), splits["train"], splits["test"]
+    shards = cfg.shards or join_url(cfg.run_dir, SHARDS_DIR)
+    kind: Task = task  # type: ignore[assignment]
+    return (
+        landcover_task(kind),
+        load_shard_split(shards, "train", kind, patch, cfg.threshold),
+        load_shard_split(shards, "test", kind, patch, cfg.threshold),
+    )
+
+
+def label_subset(split: EvalSplit, fraction: float, seed: int) -> EvalSplit:
+    """A seeded random `fraction` of the samples (at least one)."""
+    if fraction >= 1:
+        return split
+    n = max(1, round(fraction * len(split)))
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    return split.subset(order[:n])
+
+
+def score(kind: Task, output: Tensor, labels: Tensor, classes: int) -> dict[str, Any]:
+    """Metrics of the test predictions."""
+    if kind == "multilabel":
+        return multilabel_scores(output.numpy(), labels.numpy())
+    if kind == "scene":
+        return scene_scores(output.numpy(), labels.numpy(), classes)
+    return segmentation_scores(output.numpy(), labels.numpy(), classes)
+
+
+def _rgb(split: EvalSplit, n: int) -> np.ndarray:
+    """True-colour images in [0, 1] (2-98 % stretch of the z-scored bands) for figures."""
+    rgb = split.sources[S2.name][:n, S2.band_index(("B04", "B03", "B02"))].numpy()
+    lo, hi = np.percentile(rgb, [2, 98], axis=(1, 2, 3), keepdims=True)
+    return np.clip((rgb - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
+
+
+def evaluate_group(
+    cfg_json: str, task: str, protocol: Protocol, subset: str
+) -> list[dict[str, Any]]:
+    """Every init and label fraction of one (task, protocol, inputs): report rows."""
+    cfg = EvalConfig.model_validate_json(cfg_json)
+    spec, train, test = _load(cfg_json, task)
+    path = resolve_encoder(cfg)
+    rows = []
+    for init in cfg.inits:
+        for fraction in cfg.label_fractions:
+            t0 = time.perf_counter()
+            encoder = build_encoder(path, init, cfg.probe.seed)
+            modalities = modalities_for(encoder, subset, spec)
+            train_part = label_subset(train, fraction, cfg.probe.seed)
+            output = RUNNERS[protocol](encoder, modalities, train_part, test, spec.kind,
+                                       len(spec.classes), cfg.probe)  # fmt: skip
+            seg = spec.kind == "segmentation"
+            row = {
+                "task": spec.name, "kind": spec.kind, "dataset": spec.dataset,
+                "protocol": {"linear": "frozen-seg", "finetune": "finetune-seg"}[protocol]
+                if seg else protocol,
+                "inputs": subset,
+                "init": "supervised" if init == "random" and protocol == "finetune" else init,
+                "label_fraction": fraction, "headline": HEADLINE[spec.kind],
+                "metrics": score(spec.kind, output, test.labels, len(spec.classes)),
+                "classes": list(spec.classes), "seconds": round(time.perf_counter() - t0, 2),
+            }  # fmt: skip
+            if seg and S2.name in subset:
+                row["examples"] = {"image": _rgb(test, 4), "target": test.labels[:4].numpy(),
+                                   "pred": output[:4].numpy()}  # fmt: skip
+            rows.append(row)
+    return rows
+
+
+def plan(cfg: EvalConfig, spec: TaskSpec | None) -> list[tuple[str, Protocol, str]]:
+    """The (task, protocol, inputs) groups; kNN is for classification only."""
+    kinds: dict[str, Task] = {spec.name: spec.kind} if spec else {t: t for t in cfg.tasks}
+    return [
+        (task, protocol, subset)
+        for task, kind in kinds.items()
+        for protocol in cfg.protocols
+        if not (protocol == "knn" and kind == "segmentation")
+        for subset in cfg.inputs
+    ]
+
+
+def check(cfg: EvalConfig) -> TaskSpec | None:
+    """Fail early: encoder loads, benchmark reads, inputs fit (before any training)."""
+    path = resolve_encoder(cfg)
+    try:
+        encoder = load_encoder(path)
+    except CheckpointError as e:
+        raise EvaluationError(str(e)) from e
+    spec = None
+    if cfg.benchmark:
+        assert cfg.data is not None
+        spec = benchmark_task(READERS[cfg.benchmark](cfg.data))
+        for subset in cfg.inputs:
+            modalities_for(encoder, subset, spec)
+    else:
+        for subset in cfg.inputs:
+            modalities_for(encoder, subset, landcover_task("scene"))
+    return spec
+
+
+def run_evaluation(cfg: EvalConfig, log: Any = print) -> dict[str, Any]:
+    """Evaluate every group, write the report; return where it is and the rows."""
+    t0 = time.perf_counter()
+    spec = check(cfg)
+    groups = plan(cfg, spec)
+    cfg_json = cfg.model_dump_json()
+    rows: list[dict] = []
+    if cfg.use_ray:
+        import ray
+
+        from ingest.parallel import init_ray
+
+        init_ray(cfg.address)
+        remote = ray.remote(num_cpus=1)(evaluate_group)
+        refs = [remote.remote(cfg_json, *g) for g in groups]
+        for i, ref in enumerate(refs):
+            rows.extend(ray.get(ref))  # type: ignore[arg-type]
+            log(f"{i + 1}/{len(groups)} groups done")
+    else:
+        for i, group in enumerate(groups):
+            rows += evaluate_group(cfg_json, *group)
+            log(f"{i + 1}/{len(groups)} {'/'.join(group)} "
+                f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    name = cfg.name or f"eval-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    out = Path(cfg.run_dir).resolve() / EVAL_DIR / name
+    encoder = resolve_encoder(cfg)
+    context = {
+        "encoder": str(encoder), "data": str(cfg.data) if cfg.benchmark else
+        (cfg.shards or join_url(cfg.run_dir, SHARDS_DIR)),
+        "seed": cfg.probe.seed, "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "class_colors": {} if spec else {t: list(landcover_task(t).colors) for t in cfg.tasks},
+    }  # fmt: skip
+    report = write_report(rows, out, f"eomae evaluation: {encoder.parent.name}", context)
+    return {"report": str(report), "rows": rows, "elapsed_s": round(time.perf_counter() - t0, 1)}

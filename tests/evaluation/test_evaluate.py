@@ -1,0 +1,127 @@
+"""`eomae evaluate`: protocols, input subsets, baselines, benchmarks and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fixtures import eurosat as eurosat_fixture
+from fixtures import geobench as geobench_fixture
+from pydantic import ValidationError
+
+from eomae.cli import main
+from evaluation.data import EvalSplit
+from evaluation.protocols import PatchHead, ProbeConfig, knn
+from evaluation.run import EvalConfig, EvaluationError, run_evaluation
+from training.config import ModelConfig
+from training.multimae import MultiMAE
+
+
+def headline(rows: list[dict[str, Any]], **match: Any) -> float:
+    (row,) = [r for r in rows if all(r[k] == v for k, v in match.items())]
+    return float(row["metrics"][row["headline"]])
+
+
+def test_patch_head_lays_pixels_out_on_the_image_grid() -> None:
+    head = PatchHead(dim=4, classes=2, patch=2)
+    with torch.no_grad():
+        head.norm.weight.fill_(1)
+        head.proj.weight.zero_()
+        head.proj.bias.copy_(torch.arange(8.0))  # class k, pixel (i, j) -> 4k + 2i + j
+    out = head(torch.randn(1, 9, 4))  # a 3 x 3 grid of patches
+    assert out.shape == (1, 2, 6, 6)
+    assert out[0, 1, 4:6, 2:4].tolist() == [[4.0, 5.0], [6.0, 7.0]]  # patch (2, 1), class 1
+
+
+def test_knn_votes_with_the_nearest_neighbours() -> None:
+    encoder = MultiMAE(ModelConfig(size="tiny", modalities="s2")).eval()
+    encoder.output_adapters = torch.nn.ModuleDict()
+    x = torch.randn(6, 12, 16, 16)
+    train = EvalSplit({"s2": x}, torch.tensor([0, 1, 2, 0, 1, 2]))
+    modalities = encoder.cfg.input_modalities[:1]
+    scores = knn(encoder, modalities, train, train.subset(torch.arange(3)), "scene", 3,
+                 ProbeConfig(knn_k=1))  # fmt: skip
+    assert scores.argmax(dim=1).tolist() == [0, 1, 2]  # each sample is its own nearest
+
+
+def test_config_rejects_land_cover_as_input_and_bad_fractions() -> None:
+    with pytest.raises(ValidationError, match="land cover is the target"):
+        EvalConfig(inputs=["s2+lc"])
+    with pytest.raises(ValidationError, match="label_fractions"):
+        EvalConfig(label_fractions=[0.0])
+    with pytest.raises(ValidationError, match="needs --data"):
+        EvalConfig(benchmark="eurosat")
+
+
+def test_missing_encoder_and_missing_benchmark_are_named(tmp_path: Path) -> None:
+    with pytest.raises(EvaluationError, match="no pretraining run"):
+        run_evaluation(EvalConfig(run_dir=str(tmp_path)))
+    assert main(["evaluate", "--run-dir", str(tmp_path), "--encoder", str(tmp_path / "x.pt")]) == 2
+
+
+def test_benchmark_without_the_encoders_bands_is_refused(pretrained: Path, tmp_path: Path) -> None:
+    """m-pv4ger is aerial RGB: an encoder's SWIR or red-edge inputs cannot be fed."""
+    data = geobench_fixture.make(tmp_path, "m-pv4ger")
+    cfg = EvalConfig(run_dir=str(tmp_path), encoder=str(pretrained), benchmark="geobench",
+                     data=data, inputs=["s2"])  # fmt: skip
+    summary = run_evaluation(cfg.model_copy(update={"protocols": ["knn"]}))
+    assert {r["inputs"] for r in summary["rows"]} == {"s2"}  # rgb group only: it runs
+    with pytest.raises(EvaluationError, match="no usable input for \\['dem'\\]"):
+        run_evaluation(cfg.model_copy(update={"inputs": ["s2+dem"]}))
+    with pytest.raises(Exception, match="does not exist|not a directory"):
+        run_evaluation(cfg.model_copy(update={"data": tmp_path / "nowhere"}))
+
+
+def test_eurosat_benchmark_end_to_end(pretrained: Path, tmp_path: Path) -> None:
+    data = eurosat_fixture.make(tmp_path / "eurosat", per_class=6)
+    args = ["evaluate", "--run-dir", str(tmp_path), "--encoder", str(pretrained),
+            "--benchmark", "eurosat", "--data", str(data), "--inputs", '["s2"]',
+            "--protocols", '["linear", "knn"]', "--name", "eurosat",
+            "--probe.linear-epochs", "20"]  # fmt: skip
+    assert main(args) == 0
+    out = tmp_path / "evaluation" / "eurosat"
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert {(r["protocol"], r["init"]) for r in rows} == {
+        ("linear", "pretrained"),
+        ("linear", "random"),
+        ("knn", "pretrained"),
+        ("knn", "random"),
+    }
+    assert all(r["headline"] == "accuracy" and 0 <= r["metrics"]["accuracy"] <= 1 for r in rows)
+    assert "eurosat" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_sample_world_pretrained_beats_random_on_the_linear_probe(
+    pretrained: Path, shard_set: Any, tmp_path: Path
+) -> None:
+    cfg = EvalConfig(
+        run_dir=str(tmp_path), encoder=str(pretrained), shards=shard_set[0].out_url,
+        protocols=["linear", "finetune"], inputs=["s2", "s2+dem", "dem"],
+        label_fractions=[1.0, 0.1], name="world",
+        probe=ProbeConfig(finetune_epochs=3),
+    )  # fmt: skip
+    summary = run_evaluation(cfg)
+    rows = summary["rows"]
+    report = Path(summary["report"])
+    print(report.read_text())
+    for subset in ("s2", "s2+dem"):
+        for task in ("multilabel", "scene"):
+            pre = headline(rows, task=task, protocol="linear", inputs=subset, init="pretrained",
+                           label_fraction=1.0)  # fmt: skip
+            rand = headline(rows, task=task, protocol="linear", inputs=subset, init="random",
+                            label_fraction=1.0)  # fmt: skip
+            assert pre > rand, (task, subset, pre, rand)
+    seg = [r for r in rows if r["task"] == "segmentation"]
+    assert {r["protocol"] for r in seg} == {"frozen-seg", "finetune-seg"}
+    assert {r["init"] for r in rows if r["protocol"] in ("finetune", "finetune-seg")} == {
+        "pretrained",
+        "supervised",
+    }
+    assert all(0 <= r["metrics"]["mIoU"] <= 1 for r in seg)
+    assert (report.parent / "results.json").exists()
+    assert list((report.parent / "plots").glob("*.png"))
