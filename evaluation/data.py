@@ -40,6 +40,7 @@ class TaskSpec:
     classes: tuple[str, ...]
     dataset: str
     bands: tuple[str, ...] = S2.bands  # S2 bands the dataset has
+    sources: tuple[str, ...] = (S2.name, DEM.name)  # shard modalities it can feed
     colors: tuple[str, ...] = ()  # per class, for figures
 
 
@@ -134,4 +135,4 @@ def load_benchmark_splits(
 def benchmark_task(benchmark: Benchmark) -> TaskSpec:
     """The TaskSpec of a benchmark."""
     return TaskSpec(benchmark.name, benchmark.task, benchmark.classes, benchmark.name,
-                    bands=benchmark.bands)  # fmt: skip
+                    bands=benchmark.bands, sources=(S2.name,))  # fmt: skip

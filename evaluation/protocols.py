@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from evaluation.benchmarks import IGNORE, Task
 from evaluation.data import EvalSplit
+from training.loop import warmup_cosine
 from training.modalities import ModelModality, split_batch
 from training.multimae import MultiMAE
 
@@ -218,10 +219,9 @@ def finetune(
         weight_decay=cfg.weight_decay,
     )  # fmt: skip
     steps = cfg.finetune_epochs * len(_batches(len(train), cfg.batch_size))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, [cfg.finetune_lr * cfg.encoder_lr_scale, cfg.finetune_lr], total_steps=steps,
-        pct_start=0.1,
-    )  # fmt: skip
+    # the pretraining schedule: linear warm-up over the first tenth, then cosine to zero
+    factor = warmup_cosine(max(1, steps // 10), steps, 0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     inputs = _inputs(train, modalities)
     model.train()
     for _ in range(cfg.finetune_epochs):

@@ -137,6 +137,10 @@ def build_encoder(path: Path, init: Init, seed: int) -> MultiMAE:
 def modalities_for(encoder: MultiMAE, subset: str, spec: TaskSpec) -> tuple[ModelModality, ...]:
     """The encoder's input modalities fed from `subset` whose bands the dataset has."""
     sources = subset.split("+")
+    absent = [s for s in sources if s not in spec.sources]
+    if absent:
+        raise EvaluationError(f"inputs {subset!r}: {spec.dataset} has no {absent}; it has "
+                              f"{list(spec.sources)}")  # fmt: skip
     chosen = tuple(
         m for m in encoder.cfg.input_modalities
         if m.source in sources and (m.source != S2.name or set(m.bands) <= set(spec.bands))

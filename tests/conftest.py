@@ -148,3 +148,36 @@ def shard_set(
         shard_bytes=SHARD_BYTES,
     )
     return cfg, run_shard(cfg)
+
+
+@pytest.fixture(scope="session")
+def pretrained(
+    shard_set: tuple[ShardConfig, dict[str, Any]],
+    ray_session: None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """A tiny MultiMAE briefly pretrained on the sample world's shards: its encoder file.
+
+    4 epochs of the 288 training chips on 2 workers (36 steps): a real pretraining run
+    whose encoder the evaluation tests load, not a converged model.
+    """
+    from training.config import ModelConfig, PretrainConfig
+    from training.export import export_encoder
+    from training.pretrain import run_pretrain
+
+    run_dir = tmp_path_factory.mktemp("pretrained")
+    cfg = PretrainConfig(
+        run_dir=str(run_dir),
+        shards=shard_set[0].out_url,
+        name="tiny",
+        model=ModelConfig(size="tiny", modalities="bandgroups"),
+        workers=2,
+        batch_size=16,
+        epochs=4,
+        lr=1e-3,
+        warmup_epochs=1,
+        loader_workers=0,
+        log_every=10,
+    )
+    summary = run_pretrain(cfg)
+    return export_encoder(Path(summary["dir"]), run_dir / "encoder.pt")
