@@ -49,6 +49,11 @@ class ProbeConfig(BaseModel):
     encoder_lr_scale: float = Field(0.1, gt=0, description="Encoder lr = finetune_lr x this.")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay.")
     seed: int = Field(0, description="Seed of heads, batches and augmentation.")
+    pool: Literal["auto", "mean", "global"] = Field(
+        "auto",
+        description="Frozen features: mean of patch tokens, or the global token "
+        "(auto: global for SoftCon encoders, which train it; mean otherwise).",
+    )
 
 
 def _batches(n: int, size: int, generator: torch.Generator | None = None) -> list[Tensor]:
@@ -62,17 +67,25 @@ def _inputs(split: EvalSplit, modalities: tuple[ModelModality, ...]) -> dict[str
 
 @torch.no_grad()
 def encode(
-    encoder: MultiMAE, split: EvalSplit, modalities: tuple[ModelModality, ...], batch_size: int
+    encoder: MultiMAE,
+    split: EvalSplit,
+    modalities: tuple[ModelModality, ...],
+    batch_size: int,
+    pool: str = "mean",
 ) -> tuple[Tensor, Tensor]:
-    """Pooled features (N, D) and patch tokens averaged over modalities (N, g*g, D)."""
+    """Pooled features (N, D) and patch tokens averaged over modalities (N, g*g, D).
+
+    `pool`: "mean" of the patch tokens, or the "global" token.
+    """
     encoder.eval()
     pooled, patches = [], []
     inputs = _inputs(split, modalities)
     for index in _batches(len(split), batch_size):
-        tokens = encoder.encode({k: v[index] for k, v in inputs.items()})[:, 1:]  # (B, M*g*g, D)
+        encoded = encoder.encode({k: v[index] for k, v in inputs.items()})  # (B, 1 + M*g*g, D)
+        tokens = encoded[:, 1:]
         b, n, d = tokens.shape
         per_position = tokens.view(b, len(inputs), n // len(inputs), d).mean(dim=1)
-        pooled.append(tokens.mean(dim=1))
+        pooled.append(encoded[:, 0] if pool == "global" else tokens.mean(dim=1))
         patches.append(per_position)
     return torch.cat(pooled), torch.cat(patches)
 
@@ -130,8 +143,8 @@ def linear_probe(
 ) -> Tensor:
     """Frozen encoder + linear head; the test split's scores or pixel predictions."""
     torch.manual_seed(cfg.seed)
-    train_pooled, train_patches = encode(encoder, train, modalities, cfg.batch_size)
-    test_pooled, test_patches = encode(encoder, test, modalities, cfg.batch_size)
+    train_pooled, train_patches = encode(encoder, train, modalities, cfg.batch_size, cfg.pool)
+    test_pooled, test_patches = encode(encoder, test, modalities, cfg.batch_size, cfg.pool)
     if kind == "segmentation":
         head = fit_head(PatchHead(encoder.dim, classes, encoder.patch), train_patches,
                         train.labels, kind, cfg)  # fmt: skip
@@ -156,8 +169,8 @@ def knn(
     """Weighted k-nearest-neighbour scores (N_test, K) from cosine similarity."""
     if kind == "segmentation":
         raise ValueError("kNN is a classification protocol; use linear or finetune")
-    train_x = F.normalize(encode(encoder, train, modalities, cfg.batch_size)[0], dim=1)
-    test_x = F.normalize(encode(encoder, test, modalities, cfg.batch_size)[0], dim=1)
+    train_x = F.normalize(encode(encoder, train, modalities, cfg.batch_size, cfg.pool)[0], dim=1)
+    test_x = F.normalize(encode(encoder, test, modalities, cfg.batch_size, cfg.pool)[0], dim=1)
     sim = test_x @ train_x.T  # (N_test, N_train)
     k = min(cfg.knn_k, len(train))
     top, index = sim.topk(k, dim=1)

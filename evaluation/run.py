@@ -206,6 +206,10 @@ def evaluate_group(
     cfg = EvalConfig.model_validate_json(cfg_json)
     spec, train, test = _load(cfg_json, task)
     path = resolve_encoder(cfg)
+    probe = cfg.probe
+    if probe.pool == "auto":
+        objective = torch.load(path, map_location="cpu").get("objective", "multimae")
+        probe = probe.model_copy(update={"pool": "global" if objective == "softcon" else "mean"})
     rows = []
     for init in cfg.inits:
         for fraction in cfg.label_fractions:
@@ -214,7 +218,7 @@ def evaluate_group(
             modalities = modalities_for(encoder, subset, spec)
             train_part = label_subset(train, fraction, cfg.probe.seed)
             output = RUNNERS[protocol](encoder, modalities, train_part, test, spec.kind,
-                                       len(spec.classes), cfg.probe)  # fmt: skip
+                                       len(spec.classes), probe)  # fmt: skip
             seg = spec.kind == "segmentation"
             row = {
                 "task": spec.name, "kind": spec.kind, "dataset": spec.dataset,
@@ -224,7 +228,8 @@ def evaluate_group(
                 "init": "supervised" if init == "random" and protocol == "finetune" else init,
                 "label_fraction": fraction, "headline": HEADLINE[spec.kind],
                 "metrics": score(spec.kind, output, test.labels, len(spec.classes)),
-                "classes": list(spec.classes), "seconds": round(time.perf_counter() - t0, 2),
+                "classes": list(spec.classes), "pool": probe.pool,
+                "seconds": round(time.perf_counter() - t0, 2),
             }  # fmt: skip
             if seg and S2.name in subset:
                 row["examples"] = {"image": _rgb(test, 4), "target": test.labels[:4].numpy(),

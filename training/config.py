@@ -100,6 +100,24 @@ class ModelConfig(BaseModel):
         )
 
 
+class SoftConConfig(BaseModel):
+    """SoftCon (`--objective softcon`): see training/softcon.py for the exact loss."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mask_ratio: float = Field(0.5, ge=0, lt=1, description="Siamese masking of the online view.")
+    temperature: float = Field(0.1, gt=0, description="Similarity temperature.")
+    soft_weight: float = Field(1.0, ge=0, description="Weight of the label-similarity target.")
+    variant: Literal["ce", "bce"] = Field("ce", description="Row softmax CE, or BCE per pair.")
+    labels: Literal["threshold", "fractions"] = Field(
+        "threshold", description="Multi-label vectors: classes above --threshold, or fractions."
+    )
+    threshold: float = Field(0.05, gt=0, lt=1, description="Class presence threshold.")
+    head_hidden: int = Field(2048, ge=16, description="Projection head hidden width.")
+    head_out: int = Field(256, ge=8, description="Projection (embedding) size.")
+    ema: float = Field(0.996, ge=0, le=1, description="EMA momentum at the start (cosine to 1).")
+
+
 class PretrainConfig(BaseModel):
     """`eomae pretrain`: data, model, optimisation, cluster, checkpoints."""
 
@@ -112,7 +130,13 @@ class PretrainConfig(BaseModel):
     )
     resume: bool = Field(False, description="Continue the run NAME from its last checkpoint.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The model.")
-    objective: Literal["multimae"] = Field("multimae", description="Pretraining objective.")
+    objective: Literal["multimae", "softcon"] = Field(
+        "multimae", description="multimae: masked reconstruction; softcon: soft contrastive."
+    )
+    softcon: SoftConConfig = Field(default_factory=SoftConConfig, description="SoftCon settings.")
+    init: str | None = Field(
+        None, description="Initialise from a checkpoint, encoder export or ViT state dict."
+    )
     workers: int = Field(2, ge=1, description="Ray Train workers (the minimum when elastic).")
     max_workers: int | None = Field(
         None, ge=1, description="Elastic: up to this many workers when the cluster has room."
@@ -143,7 +167,16 @@ class PretrainConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _elastic(self) -> PretrainConfig:
+    def _check(self) -> PretrainConfig:
         if self.max_workers is not None and self.max_workers < self.workers:
             raise ValueError(f"max_workers {self.max_workers} < workers {self.workers}")
+        if self.objective == "softcon":
+            inputs = [m.name for m in self.model.input_modalities]
+            labels = [m.name for m in self.model.all_modalities if m.categorical]
+            if self.model.inputs is None:  # SoftCon's labels come from land cover: not an input
+                keep = [n for n in inputs if n not in labels]
+                object.__setattr__(self, "model", self.model.model_copy(update={"inputs": keep}))
+            elif set(labels) & set(inputs):
+                raise ValueError(f"--objective softcon: land cover {labels} gives the labels and "
+                                 f"cannot be in --model.inputs {inputs}")  # fmt: skip
         return self

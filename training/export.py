@@ -1,7 +1,8 @@
 """Encoder export: a pretrained MultiMAE's input adapters + encoder, with their config.
 
-    torch.load(FILE) == {"format": "eomae-encoder/1", "model": ModelConfig as dict,
-                         "state_dict": {...}, "source": checkpoint path, "step": N}
+    torch.load(FILE) == {"format": "eomae-encoder/1", "objective": "multimae" | "softcon",
+                         "model": ModelConfig as dict, "state_dict": {...},
+                         "source": checkpoint path, "step": N}
 
 `load_encoder` gives back a MultiMAE without output adapters whose `encode` and
 `features` take any subset of the input modalities; evaluation builds on it.
@@ -22,6 +23,7 @@ from training.multimae import MultiMAE
 
 FORMAT = "eomae-encoder/1"
 ENCODER_PREFIXES = ("input_adapters.", "global_token", "encoder.", "norm.")
+SOFTCON_ONLINE = "online."  # SoftConModel's online encoder
 
 
 class CheckpointError(ValueError):
@@ -48,9 +50,13 @@ def export_encoder(source: Path, out: Path) -> Path:
     ckpt = source if (source / checkpoint.MODEL).exists() else latest_checkpoint(source)
     cfg = checkpoint.read_config(ckpt)
     state = torch.load(ckpt / checkpoint.MODEL, map_location="cpu")
+    if cfg.objective == "softcon":  # the online encoder is the one trained by gradient
+        state = {k.removeprefix(SOFTCON_ONLINE): v for k, v in state.items()
+                 if k.startswith(SOFTCON_ONLINE)}  # fmt: skip
     step = json.loads((ckpt / checkpoint.STATE).read_text())["step"]
     payload = {
         "format": FORMAT,
+        "objective": cfg.objective,
         "model": cfg.model.model_dump(mode="json"),
         "state_dict": {k: v for k, v in state.items() if k.startswith(ENCODER_PREFIXES)},
         "source": str(ckpt),

@@ -29,11 +29,14 @@ from shards.loader import make_loader
 from shards.manifest import ShardSetError
 from shards.modalities import VALID
 from training import checkpoint
+from training.augment import two_views
 from training.config import PretrainConfig
 from training.criteria import multimae_loss
+from training.init import init_from
 from training.modalities import split_batch
 from training.multimae import MultiMAE
 from training.plots import plot_losses, plot_reconstruction
+from training.softcon import SoftConModel, ema_momentum, label_vectors
 
 METRICS = "metrics.jsonl"
 PLOTS = "plots"
@@ -111,6 +114,28 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
 
 
+def build_model(cfg: PretrainConfig) -> nn.Module:
+    """What the objective trains: a MultiMAE, or SoftCon around a MultiMAE encoder."""
+    model = MultiMAE(cfg.model)
+    if cfg.init:  # every rank reads it: on a cluster, a path all nodes see
+        init_from(model, Path(cfg.init))
+    if cfg.objective == "softcon":
+        s = cfg.softcon
+        return SoftConModel(model, s.head_hidden, s.head_out, s.mask_ratio, s.temperature,
+                            s.soft_weight, s.variant)  # fmt: skip
+    return model
+
+
+def tokens_per_sample(model: nn.Module) -> int:
+    """Encoder tokens one sample costs per step (both views, both directions for SoftCon)."""
+    inner = checkpoint.unwrap(model)
+    if isinstance(inner, SoftConModel):
+        size, patch, _ = inner.online.cfg.geometry
+        n = (size // patch) ** 2 * len(inner.online.input_adapters)
+        return 2 * (max(1, round(n * (1 - inner.mask_ratio))) + n)
+    return unwrap_multimae(inner).num_visible
+
+
 def train_step(
     trained: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -125,17 +150,25 @@ def train_step(
     `trained` is the model as trained (DDP and/or compiled); the learning-rate schedule is
     the caller's.
     """
-    inputs, valid = prepare_batch(batch, cfg, generator, device)
-    with autocast:
-        preds, visible = trained(inputs, generator)
-        patch = unwrap_multimae(trained).patch
-        loss, parts = multimae_loss(cfg.model, preds, inputs, visible, valid, patch)
+    if cfg.objective == "softcon":
+        inputs = split_batch(batch, cfg.model.input_modalities)
+        views = two_views({k: v.to(device) for k, v in inputs.items()}, cfg.model.geometry[0],
+                          generator)  # fmt: skip
+        y = label_vectors(batch["lc_fractions"], cfg.softcon.labels, cfg.softcon.threshold)
+        with autocast:
+            loss, parts = trained(*views, y, generator)
+    else:
+        inputs, valid = prepare_batch(batch, cfg, generator, device)
+        with autocast:
+            preds, visible = trained(inputs, generator)
+            patch = unwrap_multimae(trained).patch
+            loss, parts = multimae_loss(cfg.model, preds, inputs, visible, valid, patch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.clip_grad:
         torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.clip_grad)
     optimizer.step()
-    return loss, parts, valid.shape[0]
+    return loss, parts, batch[VALID].shape[0]
 
 
 def autocast_for(cfg: PretrainConfig, device: torch.device) -> AbstractContextManager[Any]:
@@ -161,11 +194,13 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
 def _figures(
     run_dir: Path, model: nn.Module, cfg: PretrainConfig, epoch: int, device: torch.device
 ) -> None:
-    """Loss curve and a reconstruction of a fixed validation batch."""
+    """Loss curve and (MultiMAE) a reconstruction of a fixed validation batch."""
     plots = run_dir / PLOTS
     plots.mkdir(exist_ok=True)
     rows = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines()]
     plot_losses(rows, plots / "loss.png")
+    if cfg.objective != "multimae":  # nothing is reconstructed
+        return
     shards = cfg.shards or f"{cfg.run_dir.rstrip('/')}/shards"
     try:
         batch = next(iter(make_loader(shards, "val", batch_size=4, rank=0, world_size=1)))
@@ -210,7 +245,7 @@ def train_loop(config: dict[str, Any]) -> None:
     steps_per_epoch = len(loader)
     total = steps_per_epoch * cfg.epochs
 
-    model = MultiMAE(cfg.model)
+    model = build_model(cfg)
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95)
     )
@@ -234,7 +269,7 @@ def train_loop(config: dict[str, Any]) -> None:
         trained = torch.compile(trained)  # type: ignore[assignment]
     autocast = autocast_for(cfg, device)
     fail_at = config.get("fail_at_step") or 0  # tests: rank 1 dies once at this step
-    inner = unwrap_multimae(model)
+    tokens = tokens_per_sample(model)
 
     for epoch in range(start_epoch, cfg.epochs):
         loader.set_epoch(epoch)
@@ -248,13 +283,15 @@ def train_loop(config: dict[str, Any]) -> None:
                 trained, optimizer, batch, cfg, generator, device, autocast
             )
             schedule.step()
+            if isinstance(model, SoftConModel):  # the target follows the online encoder
+                model.update_target(ema_momentum(step, total, cfg.softcon.ema))
             now = time.perf_counter()
             samples *= world
             row = {
                 "step": step, "epoch": epoch, "loss": loss.item(),
                 **{f"loss/{k}": v.item() for k, v in parts.items()},
                 "lr": schedule.get_last_lr()[0], "samples_per_s": samples / (now - t_last),
-                "tokens_per_s": samples * inner.num_visible / (now - t_last),
+                "tokens_per_s": samples * tokens / (now - t_last),
                 "skipped": batch["skipped"],
             }  # fmt: skip
             t_last = now

@@ -48,7 +48,7 @@ def check_start(cfg: PretrainConfig) -> str:
     """Validate the run against what is on disk; return its name."""
     if cfg.resume and not cfg.name:
         raise PretrainError("--resume needs --name of the run to continue")
-    name = cfg.name or f"multimae-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    name = cfg.name or f"{cfg.objective}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     out = run_directory(cfg, name)
     if out.exists() and not cfg.resume:
         raise PretrainError(f"{out} exists; --resume continues it, or choose another --name")

@@ -104,3 +104,40 @@ def test_runs_are_never_mixed_up(shard_set: Any, tmp_path: Path) -> None:
         run_pretrain(cfg.model_copy(update={"name": "big", "model": big}))
     with pytest.raises(CheckpointError, match="no checkpoint"):
         export_encoder(tmp_path / "pretrain" / "taken", tmp_path / "e.pt")
+
+
+def test_softcon_continues_from_a_multimae_encoder_and_evaluation_loads_it(
+    shard_set: Any, ray_session: None, pretrained: Path, tmp_path: Path
+) -> None:
+    """`--objective softcon --init ENCODER`: continual pretraining on 2 workers."""
+    from evaluation.run import EvalConfig, run_evaluation
+    from training.config import SoftConConfig
+
+    cfg = short_run(
+        shard_set, tmp_path, "softcon", objective="softcon", init=str(pretrained), epochs=4,
+        lr=5e-4, softcon=SoftConConfig(head_hidden=128, head_out=32),
+    )  # fmt: skip
+    assert cfg.model.inputs == ["rgb", "rededge", "nir", "swir", "dem"]  # land cover: labels only
+    summary = run_pretrain(cfg)
+    rows = metric_rows(summary)
+    assert [r["step"] for r in rows] == list(range(1, 17))
+    assert sum(r["loss"] for r in rows[-4:]) < sum(r["loss"] for r in rows[:4]), rows
+    assert {"loss/softcon", "loss/top1", "tokens_per_s"} <= set(rows[0])
+    assert [p for p in Path(summary["dir"]).glob("checkpoint_*") if p.is_dir()]
+    # The online encoder is exported, and it started from the MultiMAE's weights.
+    encoder_file = export_encoder(Path(summary["dir"]), tmp_path / "softcon.pt")
+    assert torch.load(encoder_file)["objective"] == "softcon"
+    encoder, source = load_encoder(encoder_file), load_encoder(pretrained)
+    assert not torch.equal(encoder.global_token, source.global_token)  # trained on
+    assert torch.allclose(encoder.global_token, source.global_token, atol=0.05)  # from there
+    evaluation = run_evaluation(
+        EvalConfig(run_dir=str(tmp_path), encoder=str(encoder_file), shards=shard_set[0].out_url,
+                   tasks=["multilabel"], protocols=["linear"], inputs=["s2"], inits=["pretrained"])
+    )  # fmt: skip
+    (row,) = evaluation["rows"]
+    assert row["pool"] == "global" and 0 < row["metrics"]["mAP_micro"] <= 1
+
+
+def test_softcon_refuses_land_cover_as_input() -> None:
+    with pytest.raises(ValueError, match="land cover"):
+        PretrainConfig(objective="softcon", model=ModelConfig(inputs=["rgb", "lc"]))
