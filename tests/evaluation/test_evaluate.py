@@ -130,3 +130,19 @@ def test_sample_world_every_task_protocol_subset_and_baseline(
     assert (report.parent / "results.json").exists()
     assert len(list((report.parent / "plots").glob("*.png"))) >= 7
     print(text)  # the numbers, for the record (pytest -s)
+
+
+def test_ray_tasks_give_the_same_numbers_as_the_local_loop(
+    pretrained: Path, shard_set: Any, ray_session: None, tmp_path: Path
+) -> None:
+    cfg = EvalConfig(
+        run_dir=str(tmp_path), encoder=str(pretrained), shards=shard_set[0].out_url,
+        tasks=["scene"], protocols=["linear", "knn"], inputs=["s2", "dem"],
+        probe=ProbeConfig(linear_epochs=10),
+    )  # fmt: skip
+    local = run_evaluation(cfg.model_copy(update={"name": "local"}))["rows"]
+    remote = run_evaluation(cfg.model_copy(update={"name": "ray", "use_ray": True}))["rows"]
+    key = ("protocol", "inputs", "init")
+    assert len(remote) == len(local) == 2 * 2 * 2
+    by_key = {tuple(r[k] for k in key): r["metrics"]["accuracy"] for r in local}
+    assert {tuple(r[k] for k in key): r["metrics"]["accuracy"] for r in remote} == by_key
