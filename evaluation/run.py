@@ -119,8 +119,8 @@ def resolve_encoder(cfg: EvalConfig) -> Path:
         return source
     if not source.exists():
         raise EvaluationError(f"encoder {source} does not exist")
-    out = source / ENCODER_FILE
-    return out if out.exists() else export_encoder(source, out)
+    # Exported afresh every time: a resumed run may have newer checkpoints than an old export.
+    return export_encoder(source, source / ENCODER_FILE)
 
 
 def build_encoder(path: Path, init: Init, seed: int) -> MultiMAE:
@@ -272,6 +272,8 @@ def check(cfg: EvalConfig) -> TaskSpec | None:
 def run_evaluation(cfg: EvalConfig, log: Any = print) -> dict[str, Any]:
     """Evaluate every group, write the report; return where it is and the rows."""
     t0 = time.perf_counter()
+    # Resolved (and exported) once here: the groups, maybe on other processes, get the file.
+    cfg = cfg.model_copy(update={"encoder": str(resolve_encoder(cfg))})
     spec = check(cfg)
     groups = plan(cfg, spec)
     cfg_json = cfg.model_dump_json()
