@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/red] {e}")
         return 2
     except SystemExit as e:  # argparse: --help (0) or unknown flags (2, message printed)
+        if isinstance(e.code, str):  # a message instead of a status (no subcommand given)
+            console.print(e.code)
+            return 2
         return int(e.code or 0)
     except KeyboardInterrupt:
         console.print("interrupted")

@@ -36,7 +36,9 @@ from training.export import export_encoder, latest_checkpoint
 from training.pretrain import run_directory, run_pretrain
 
 console = Console(stderr=True)
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+# The clone's configs/ (editable install), else the working directory's (the image's /app).
+DEMO_CONFIGS = (Path(__file__).resolve().parents[1] / "configs" / "demo.yaml",
+                Path("configs", "demo.yaml"))  # fmt: skip
 
 
 def world_stage(cfg: WorldConfig, resume: bool, pipeline: PipelineConfig) -> dict[str, Any]:
@@ -143,6 +145,7 @@ class DemoCommand(Command):
 
     def cli_cmd(self) -> None:
         """Run the demo pipeline."""
-        if not DEMO_CONFIG.is_file():
-            raise PipelineError(f"{DEMO_CONFIG} not found: run the demo from a clone of eomae")
-        run_and_report(load_pipeline(DEMO_CONFIG, run_dir=self.run_dir))
+        found = [p for p in DEMO_CONFIGS if p.is_file()]
+        if not found:
+            raise PipelineError("configs/demo.yaml not found: run the demo from a clone of eomae")
+        run_and_report(load_pipeline(found[0], run_dir=self.run_dir))
