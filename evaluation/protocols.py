@@ -52,7 +52,7 @@ class ProbeConfig(BaseModel):
     pool: Literal["auto", "mean", "global"] = Field(
         "auto",
         description="Frozen features: mean of patch tokens, or the global token "
-        "(auto: global for SoftCon encoders, which train it; mean otherwise).",
+        "(auto: global for SoftCon and combined encoders, which train it; mean otherwise).",
     )
 
 

@@ -14,6 +14,10 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "small": (384, 12, 6),
     "base": (768, 12, 12),
 }
+# What `eomae pretrain` trains: masked reconstruction, soft contrastive, or their weighted sum.
+Objective = Literal["multimae", "softcon", "combined"]
+WITH_SOFTCON: tuple[Objective, ...] = ("softcon", "combined")  # two views, EMA target, labels
+WITH_RECONSTRUCTION: tuple[Objective, ...] = ("multimae", "combined")  # decoders, masked loss
 # name: (input px, patch px, visible tokens): the EO paper's (56 px crops of 64 px chips)
 # and the original MultiMAE's.
 MASKING_PRESETS: dict[str, tuple[int, int, int]] = {
@@ -101,11 +105,18 @@ class ModelConfig(BaseModel):
 
 
 class SoftConConfig(BaseModel):
-    """SoftCon (`--objective softcon`): see training/softcon.py for the exact loss."""
+    """SoftCon (`--objective softcon` and `combined`): see training/softcon.py for the loss.
+
+    In `combined` (training/combined.py) the online view is masked by MultiMAE's Dirichlet
+    masking (`--model.num-visible`), so `mask_ratio` is unused there, and the total loss is
+    the MultiMAE loss + `loss_weight` x the SoftCon loss.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mask_ratio: float = Field(0.5, ge=0, lt=1, description="Siamese masking of the online view.")
+    mask_ratio: float = Field(
+        0.5, ge=0, lt=1, description="Siamese masking of the online view (softcon only)."
+    )
     temperature: float = Field(0.1, gt=0, description="Similarity temperature.")
     soft_weight: float = Field(1.0, ge=0, description="Weight of the label-similarity target.")
     variant: Literal["ce", "bce"] = Field("ce", description="Row softmax CE, or BCE per pair.")
@@ -116,6 +127,9 @@ class SoftConConfig(BaseModel):
     head_hidden: int = Field(2048, ge=16, description="Projection head hidden width.")
     head_out: int = Field(256, ge=8, description="Projection (embedding) size.")
     ema: float = Field(0.996, ge=0, le=1, description="EMA momentum at the start (cosine to 1).")
+    loss_weight: float = Field(
+        1.0, ge=0, description="combined: loss = MultiMAE loss + this x SoftCon loss."
+    )
 
 
 class PretrainConfig(BaseModel):
@@ -130,8 +144,10 @@ class PretrainConfig(BaseModel):
     )
     resume: bool = Field(False, description="Continue the run NAME from its last checkpoint.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The model.")
-    objective: Literal["multimae", "softcon"] = Field(
-        "multimae", description="multimae: masked reconstruction; softcon: soft contrastive."
+    objective: Objective = Field(
+        "multimae",
+        description="multimae: masked reconstruction; softcon: soft contrastive; combined: "
+        "both on one masked pass, weighted by --softcon.loss-weight.",
     )
     softcon: SoftConConfig = Field(default_factory=SoftConConfig, description="SoftCon settings.")
     init: str | None = Field(
@@ -170,13 +186,24 @@ class PretrainConfig(BaseModel):
     def _check(self) -> PretrainConfig:
         if self.max_workers is not None and self.max_workers < self.workers:
             raise ValueError(f"max_workers {self.max_workers} < workers {self.workers}")
-        if self.objective == "softcon":
+        if self.uses_softcon:  # SoftCon's labels come from land cover: not an input
             inputs = [m.name for m in self.model.input_modalities]
             labels = [m.name for m in self.model.all_modalities if m.categorical]
-            if self.model.inputs is None:  # SoftCon's labels come from land cover: not an input
-                keep = [n for n in inputs if n not in labels]
-                object.__setattr__(self, "model", self.model.model_copy(update={"inputs": keep}))
+            if self.model.inputs is None:
+                keep = [n for n in inputs if n not in labels]  # validated again: num_visible
+                model = ModelConfig.model_validate({**self.model.model_dump(), "inputs": keep})
+                object.__setattr__(self, "model", model)
             elif set(labels) & set(inputs):
-                raise ValueError(f"--objective softcon: land cover {labels} gives the labels and "
-                                 f"cannot be in --model.inputs {inputs}")  # fmt: skip
+                raise ValueError(f"--objective {self.objective}: land cover {labels} gives the "
+                                 f"labels and cannot be in --model.inputs {inputs}")  # fmt: skip
         return self
+
+    @property
+    def uses_softcon(self) -> bool:
+        """Whether the objective has a SoftCon part (two views, EMA target, land-cover labels)."""
+        return self.objective in WITH_SOFTCON
+
+    @property
+    def reconstructs(self) -> bool:
+        """Whether the objective has a MultiMAE reconstruction part (decoders, masked loss)."""
+        return self.objective in WITH_RECONSTRUCTION

@@ -1,29 +1,31 @@
 """Encoder export: a pretrained MultiMAE's input adapters + encoder, with their config.
 
-    torch.load(FILE) == {"format": "eomae-encoder/1", "objective": "multimae" | "softcon",
+    torch.load(FILE) == {"format": "eomae-encoder/1",
+                         "objective": "multimae" | "softcon" | "combined",
                          "model": ModelConfig as dict, "state_dict": {...},
                          "source": checkpoint path, "step": N}
 
 `load_encoder` gives back a MultiMAE without output adapters whose `encode` and
-`features` take any subset of the input modalities; evaluation builds on it.
+`features` take any subset of the input modalities; evaluation builds on it, pooling
+what the objective trained (`trained_pool`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from training import checkpoint
-from training.config import ModelConfig
+from training.config import WITH_SOFTCON, ModelConfig
 from training.multimae import MultiMAE
 
 FORMAT = "eomae-encoder/1"
 ENCODER_PREFIXES = ("input_adapters.", "global_token", "encoder.", "norm.")
-SOFTCON_ONLINE = "online."  # SoftConModel's online encoder
+SOFTCON_ONLINE = "online."  # the online encoder of SoftConModel (and CombinedModel)
 
 
 class CheckpointError(ValueError):
@@ -50,7 +52,7 @@ def export_encoder(source: Path, out: Path) -> Path:
     ckpt = source if (source / checkpoint.MODEL).exists() else latest_checkpoint(source)
     cfg = checkpoint.read_config(ckpt)
     state = torch.load(ckpt / checkpoint.MODEL, map_location="cpu")
-    if cfg.objective == "softcon":  # the online encoder is the one trained by gradient
+    if cfg.uses_softcon:  # the online encoder is the one trained by gradient
         state = {k.removeprefix(SOFTCON_ONLINE): v for k, v in state.items()
                  if k.startswith(SOFTCON_ONLINE)}  # fmt: skip
     step = json.loads((ckpt / checkpoint.STATE).read_text())["step"]
@@ -67,6 +69,15 @@ def export_encoder(source: Path, out: Path) -> Path:
     torch.save(payload, tmp)
     tmp.replace(out)
     return out
+
+
+def trained_pool(objective: str) -> Literal["global", "mean"]:
+    """The frozen features an objective trains: `global` token or `mean` of patch tokens.
+
+    SoftCon's loss acts on the global token only (softcon, combined); MultiMAE's decoders
+    read every token and its linear probes pool the patch tokens, as MAE's do.
+    """
+    return "global" if objective in WITH_SOFTCON else "mean"
 
 
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

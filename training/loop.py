@@ -30,10 +30,11 @@ from shards.manifest import ShardSetError
 from shards.modalities import VALID
 from training import checkpoint
 from training.augment import two_views
+from training.combined import CombinedModel
 from training.config import PretrainConfig
 from training.criteria import multimae_loss
 from training.init import init_from
-from training.modalities import split_batch
+from training.modalities import split_batch, valid_of
 from training.multimae import MultiMAE
 from training.plots import plot_losses, plot_reconstruction
 from training.softcon import SoftConModel, ema_momentum, label_vectors
@@ -92,19 +93,43 @@ def prepare_batch(
             k: crop(v) if isinstance(v, Tensor) and v.ndim >= 3 else v for k, v in batch.items()
         }
         valid = batch[VALID]
-    inputs = split_batch(batch, cfg.model.all_modalities)
+    inputs = standardise_dem(split_batch(batch, cfg.model.all_modalities), cfg)
+    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}, valid.to(device)
+
+
+def standardise_dem(inputs: dict[str, Tensor], cfg: PretrainConfig) -> dict[str, Tensor]:
+    """With `dem_standardise`: DEM (B, 1, H, W) per sample on its 10-90 % range."""
     if cfg.model.dem_standardise and "dem" in inputs:
         flat = inputs["dem"].flatten(1)
         lo, hi = torch.quantile(flat, 0.1, dim=1), torch.quantile(flat, 0.9, dim=1)
         inputs["dem"] = (inputs["dem"] - lo[:, None, None, None]) / (hi - lo).clamp_min(1e-3)[
             :, None, None, None
         ]
-    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}, valid.to(device)
+    return inputs
+
+
+def prepare_views(
+    batch: dict[str, Any], cfg: PretrainConfig, generator: torch.Generator, device: torch.device
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Two augmented views of the batch at the input size (softcon, combined).
+
+    softcon: the encoder's inputs; combined: every modality and `valid`, since land cover
+    (not an input) is a reconstruction target and the losses count valid pixels only.
+    """
+    if cfg.objective == "softcon":
+        inputs = split_batch(batch, cfg.model.input_modalities)
+    else:
+        inputs = {**split_batch(batch, cfg.model.all_modalities), VALID: valid_of(batch)}
+    inputs = standardise_dem(inputs, cfg)
+    return two_views({k: v.to(device) for k, v in inputs.items()}, cfg.model.geometry[0],
+                     generator)  # fmt: skip
 
 
 def unwrap_multimae(model: nn.Module) -> MultiMAE:
-    """The MultiMAE under DDP / compile wrappers."""
+    """The MultiMAE under DDP / compile wrappers (of a combined model: its online one)."""
     inner = checkpoint.unwrap(model)
+    if isinstance(inner, CombinedModel):
+        inner = inner.online
     assert isinstance(inner, MultiMAE)
     return inner
 
@@ -115,24 +140,29 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 
 
 def build_model(cfg: PretrainConfig) -> nn.Module:
-    """What the objective trains: a MultiMAE, or SoftCon around a MultiMAE encoder."""
+    """What the objective trains: a MultiMAE, SoftCon around a MultiMAE encoder, or both."""
     model = MultiMAE(cfg.model)
     if cfg.init:  # every rank reads it: on a cluster, a path all nodes see
         init_from(model, Path(cfg.init))
+    s = cfg.softcon
     if cfg.objective == "softcon":
-        s = cfg.softcon
         return SoftConModel(model, s.head_hidden, s.head_out, s.mask_ratio, s.temperature,
                             s.soft_weight, s.variant)  # fmt: skip
+    if cfg.objective == "combined":
+        return CombinedModel(model, s.loss_weight, s.head_hidden, s.head_out, s.temperature,
+                             s.soft_weight, s.variant)  # fmt: skip
     return model
 
 
 def tokens_per_sample(model: nn.Module) -> int:
-    """Encoder tokens one sample costs per step (both views, both directions for SoftCon)."""
+    """Encoder tokens one sample costs per step (both views and directions of two-view ones)."""
     inner = checkpoint.unwrap(model)
     if isinstance(inner, SoftConModel):
-        size, patch, _ = inner.online.cfg.geometry
+        size, patch, visible = inner.online.cfg.geometry
         n = (size // patch) ** 2 * len(inner.online.input_adapters)
-        return 2 * (max(1, round(n * (1 - inner.mask_ratio))) + n)
+        if not isinstance(inner, CombinedModel):  # Siamese masking, not MultiMAE's
+            visible = max(1, round(n * (1 - inner.mask_ratio)))
+        return (2 if inner.symmetric else 1) * (min(visible, n) + n)
     return unwrap_multimae(inner).num_visible
 
 
@@ -150,10 +180,8 @@ def train_step(
     `trained` is the model as trained (DDP and/or compiled); the learning-rate schedule is
     the caller's.
     """
-    if cfg.objective == "softcon":
-        inputs = split_batch(batch, cfg.model.input_modalities)
-        views = two_views({k: v.to(device) for k, v in inputs.items()}, cfg.model.geometry[0],
-                          generator)  # fmt: skip
+    if cfg.uses_softcon:  # softcon, combined
+        views = prepare_views(batch, cfg, generator, device)
         y = label_vectors(batch["lc_fractions"], cfg.softcon.labels, cfg.softcon.threshold)
         with autocast:
             loss, parts = trained(*views, y, generator)
@@ -194,12 +222,12 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
 def _figures(
     run_dir: Path, model: nn.Module, cfg: PretrainConfig, epoch: int, device: torch.device
 ) -> None:
-    """Loss curve and (MultiMAE) a reconstruction of a fixed validation batch."""
+    """Loss curve and (multimae, combined) a reconstruction of a fixed validation batch."""
     plots = run_dir / PLOTS
     plots.mkdir(exist_ok=True)
     rows = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines()]
     plot_losses(rows, plots / "loss.png")
-    if cfg.objective != "multimae":  # nothing is reconstructed
+    if not cfg.reconstructs:
         return
     shards = cfg.shards or f"{cfg.run_dir.rstrip('/')}/shards"
     try:

@@ -7,8 +7,10 @@
       -> output adapters: every patch of every target modality, by cross-attention
     returns {modality: prediction} and {modality: visible-token mask}
 
-`encode` runs the encoder on every token of any subset of the input modalities, which is
-what evaluation uses (S2 only, S2 + DEM, ...).
+`forward` is `forward_encoder` (masking + encoder) then `forward_decoder`; the combined
+objective (training/combined.py) takes the global token of the same masked pass. `encode`
+runs the encoder on every token of any subset of the input modalities, which is what
+evaluation uses (S2 only, S2 + DEM, ...).
 """
 
 from __future__ import annotations
@@ -72,16 +74,16 @@ class MultiMAE(nn.Module):
             x = block(x)
         return self.norm(x)
 
-    def forward(
+    def forward_encoder(
         self,
         inputs: dict[str, Tensor],
         generator: torch.Generator | None = None,
         num_visible: int | None = None,
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Mask, encode the visible tokens, decode every target modality.
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Mask, then encode the visible tokens: (B, 1 + K, D), global token first.
 
-        Returns predictions {name: (B, C_out, H, W)} and visible masks {name: (B, N)} for
-        the input modalities present (targets that were not inputs are wholly masked).
+        Also the visible masks {name: (B, N)} of the input modalities present, exactly K
+        True per row over all of them (Dirichlet shares, `training.masking`).
         """
         tokens = self._tokens(inputs)
         if not tokens:
@@ -99,10 +101,26 @@ class MultiMAE(nn.Module):
         visible = torch.cat(masks, dim=1)  # (B, N_all), exactly k True per row
         order = visible.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :k]
         x = all_tokens.gather(1, order[..., None].expand(-1, -1, self.dim))  # (B, k, D)
-        encoded = self._encode_tokens(x)  # (B, 1 + k, D)
-        grid = self.grid(inputs[names[0]])  # positions follow the input, not a fixed size
-        preds = {name: adapter(encoded, grid) for name, adapter in self.output_adapters.items()}
-        return preds, dict(zip(names, masks, strict=True))
+        return self._encode_tokens(x), dict(zip(names, masks, strict=True))  # (B, 1 + k, D)
+
+    def forward_decoder(self, encoded: Tensor, grid: int) -> dict[str, Tensor]:
+        """Every target modality from the encoded tokens: {name: (B, C_out, H, W)}."""
+        return {name: adapter(encoded, grid) for name, adapter in self.output_adapters.items()}
+
+    def forward(
+        self,
+        inputs: dict[str, Tensor],
+        generator: torch.Generator | None = None,
+        num_visible: int | None = None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Mask, encode the visible tokens, decode every target modality.
+
+        Returns predictions {name: (B, C_out, H, W)} and visible masks {name: (B, N)} for
+        the input modalities present (targets that were not inputs are wholly masked).
+        """
+        encoded, visible = self.forward_encoder(inputs, generator, num_visible)
+        grid = self.grid(inputs[next(iter(visible))])  # positions follow the input
+        return self.forward_decoder(encoded, grid), visible
 
     def encode(self, inputs: dict[str, Tensor]) -> Tensor:
         """All tokens of the given inputs through the encoder: (B, 1 + N, D), global first."""

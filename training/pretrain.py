@@ -1,4 +1,4 @@
-"""`eomae pretrain`: MultiMAE pretraining on Ray Train (TorchTrainer, DDP).
+"""`eomae pretrain`: MultiMAE, SoftCon or combined pretraining on Ray Train (TorchTrainer, DDP).
 
     RUN/pretrain/NAME/config.json          the run's PretrainConfig
     RUN/pretrain/NAME/metrics.jsonl        one row per step (losses, lr, samples/s, tokens/s)

@@ -147,12 +147,16 @@ class ProjectionHead(nn.Module):
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+def ema_update(
+    target: nn.Module, online: nn.Module, momentum: float, ignore: tuple[str, ...] = ()
+) -> None:
     """In place: every target parameter <- momentum * target + (1 - momentum) * online.
 
-    Buffers are copied. The two modules must have the same parameter names.
+    Buffers are copied. The two modules must have the same parameter names, leaving out
+    the online ones under an `ignore` prefix (parts the target has no copy of).
     """
-    t_params, o_params = dict(target.named_parameters()), dict(online.named_parameters())
+    t_params = dict(target.named_parameters())
+    o_params = {k: v for k, v in online.named_parameters() if not k.startswith(ignore)}
     if t_params.keys() != o_params.keys():
         diff = sorted(set(t_params) ^ set(o_params))
         raise ValueError(f"target and online modules differ in parameters: {diff[:10]}")
@@ -229,8 +233,9 @@ class SoftConModel(nn.Module):
     is visible. It is also what `MultiMAE.features(pool="global")` returns downstream.
 
     The encoder's output adapters are removed (SoftCon has no decoder, and DDP would see
-    parameters without gradients). Every input modality of the encoder is used, so build
-    it without land cover (`ModelConfig(inputs=[...])`): the labels come from land cover.
+    parameters without gradients; training/combined.py gives them back to the online
+    side). Every input modality of the encoder is used, so build it without land cover
+    (`ModelConfig(inputs=[...])`): the labels come from land cover.
     The target starts as a copy of the encoder: initialise the encoder (`training.init`)
     before wrapping it, or call `reset_target` after.
     """
@@ -278,16 +283,24 @@ class SoftConModel(nn.Module):
         """Full view through the EMA encoder and head: (B, E), no gradient."""
         return self.target_head(encode_visible(self.target, inputs, None)[:, 0])
 
-    def _direction(
-        self, online_view: dict[str, Tensor], target_view: dict[str, Tensor], y: Tensor,
-        generator: torch.Generator,
-    ) -> tuple[Tensor, Tensor]:  # fmt: skip
-        z = self.embed_online(online_view, generator)
+    def contrast(
+        self, z: Tensor, target_view: dict[str, Tensor], y: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """SoftCon loss of online embeddings z (B, E) against the target's view, and top-1.
+
+        top-1 (detached): the share of rows whose own pair scores highest.
+        """
         k = self.embed_target(target_view)
         loss = softcon_loss(z, k, y, self.temperature, self.soft_weight, self.variant)
         with torch.no_grad():  # instance discrimination: is the own pair the most similar?
             top1 = (z @ k.T).argmax(dim=1) == torch.arange(z.shape[0], device=z.device)
         return loss, top1.float().mean()
+
+    def _direction(
+        self, online_view: dict[str, Tensor], target_view: dict[str, Tensor], y: Tensor,
+        generator: torch.Generator,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        return self.contrast(self.embed_online(online_view, generator), target_view, y)
 
     def forward(
         self,
@@ -308,13 +321,19 @@ class SoftConModel(nn.Module):
         if self.symmetric:
             loss2, top1_2 = self._direction(view2, view1, y, generator)
             loss, top1 = (loss + loss2) / 2, (top1 + top1_2) / 2
-        soft_mass = 1 - soft_targets(y, self.soft_weight).diagonal().mean()
-        return loss, {"softcon": loss.detach(), "top1": top1, "soft_mass": soft_mass}
+        return loss, {"softcon": loss.detach(), "top1": top1, "soft_mass": self.soft_mass(y)}
+
+    def soft_mass(self, y: Tensor) -> Tensor:
+        """The mean mass of the soft target T off the diagonal, for labels y (B, K)."""
+        return 1 - soft_targets(y, self.soft_weight).diagonal().mean()
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        """EMA step of the target encoder and head towards the online ones (after optimiser)."""
-        ema_update(self.target, self.online, momentum)
+        """EMA step of the target encoder and head towards the online ones (after optimiser).
+
+        The target is an encoder only: decoders the online side may have are not tracked.
+        """
+        ema_update(self.target, self.online, momentum, ignore=("output_adapters.",))
         ema_update(self.target_head, self.online_head, momentum)
 
     def reset_target(self) -> None:

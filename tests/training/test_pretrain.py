@@ -138,6 +138,37 @@ def test_softcon_continues_from_a_multimae_encoder_and_evaluation_loads_it(
     assert row["pool"] == "global" and 0 < row["metrics"]["mAP_micro"] <= 1
 
 
+def test_combined_objective_learns_logs_both_parts_and_evaluation_loads_it(
+    shard_set: Any, ray_session: None, tmp_path: Path
+) -> None:
+    """`--objective combined`: reconstruction + weighted SoftCon on 2 workers, from scratch."""
+    from evaluation.run import EvalConfig, run_evaluation
+    from training.config import SoftConConfig
+
+    cfg = short_run(
+        shard_set, tmp_path, "combined", objective="combined", epochs=4,
+        softcon=SoftConConfig(head_hidden=128, head_out=32, loss_weight=0.5),
+    )  # fmt: skip
+    assert cfg.model.inputs == ["rgb", "rededge", "nir", "swir", "dem"]  # land cover: labels only
+    summary = run_pretrain(cfg)
+    rows = metric_rows(summary)
+    assert [r["step"] for r in rows] == list(range(1, 17))
+    assert sum(r["loss"] for r in rows[-4:]) < 0.8 * sum(r["loss"] for r in rows[:4]), rows
+    assert {"loss/multimae", "loss/softcon", "loss/rgb", "loss/lc", "loss/top1"} <= set(rows[0])
+    for r in rows:  # the total is the weighted sum of the two logged parts
+        assert r["loss"] == pytest.approx(r["loss/multimae"] + 0.5 * r["loss/softcon"], rel=1e-5)
+    assert len([p for p in Path(summary["dir"]).glob("checkpoint_*") if p.is_dir()]) == 2
+    assert {"loss.png", "reconstruction_0003.png"} <= {Path(p).name for p in summary["plots"]}
+    encoder_file = export_encoder(Path(summary["dir"]), tmp_path / "combined.pt")
+    assert torch.load(encoder_file)["objective"] == "combined"
+    evaluation = run_evaluation(
+        EvalConfig(run_dir=str(tmp_path), encoder=str(encoder_file), shards=shard_set[0].out_url,
+                   tasks=["multilabel"], protocols=["linear"], inputs=["s2"], inits=["pretrained"])
+    )  # fmt: skip
+    (row,) = evaluation["rows"]
+    assert row["pool"] == "global" and 0 < row["metrics"]["mAP_micro"] <= 1
+
+
 def test_softcon_refuses_land_cover_as_input() -> None:
     with pytest.raises(ValueError, match="land cover"):
         PretrainConfig(objective="softcon", model=ModelConfig(inputs=["rgb", "lc"]))
