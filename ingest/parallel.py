@@ -7,6 +7,7 @@ ending the run: the caller records it and goes on.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -14,8 +15,14 @@ import ray
 
 
 def init_ray(address: str | None) -> None:
-    """Connect to `address` ($RAY_ADDRESS or a new local Ray when None), once per process."""
+    """Connect to `address` ($RAY_ADDRESS or a new local Ray when None), once per process.
+
+    "local" is explicit because Ray's own default also joins whatever cluster
+    /tmp/ray/ray_current_cluster names, which outlives a crashed `ray start` and would
+    make a plain run fail to connect to a head that is long gone.
+    """
     if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,7 +100,13 @@ def test_serve_runs_until_sigterm_and_stops_cleanly(world_dir: Path, tmp_path: P
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_twice(tmp_path: Path) -> None:
     run = [*CLI, "demo", "--run-dir", str(tmp_path / "demo")]
-    env = {**os.environ, "COLUMNS": "200"}
+    # A crashed `ray start` leaves its address behind; the demo must start its own Ray
+    # instead of dialling it. Short path: Ray's unix sockets live under RAY_TMPDIR.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r-", dir="/tmp"))
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")
+    env = {**os.environ, "COLUMNS": "200", "RAY_TMPDIR": str(ray_tmp)}
+    env.pop("RAY_ADDRESS", None)
     first = subprocess.run(run, capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "world written" in first.stderr
@@ -106,3 +114,4 @@ def test_demo_runs_end_to_end_and_twice(tmp_path: Path) -> None:
     second = subprocess.run(run, capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "up to date" in second.stderr
+    shutil.rmtree(ray_tmp, ignore_errors=True)
