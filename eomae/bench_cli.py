@@ -1,4 +1,4 @@
-"""`eomae bench loader|train`: ratios measured side by side, each a median with its spread.
+"""`eomae bench loader|train|ingest`: ratios measured side by side, each a median with its spread.
 
 Every bench writes RUN/bench/NAME.json (configuration, every repeat's raw rates, the
 figures as median / min / max) and RUN/bench/NAME.png (a bar chart of the figures),
@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import CliApp, CliPositionalArg, CliSubCommand
 from rich.console import Console
 from rich.table import Table
 
 from eomae.config import Command
+from infra.services import LocalServices
+from ingest.bench import ALTERNATIVES, ARRAYS, IngestBenchConfig, bench_ingest, ingest_ratios
 from shards.bench import bench_loader, size_ratio
 from shards.config import join_url
 from training.bench import TrainBenchConfig, bench_train, train_ratios
@@ -56,8 +58,12 @@ def report(
     rows: list[dict[str, Any]],
     config: dict[str, Any],
     goals: dict[str, str],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write NAME.json and NAME.png under `out_dir`, print the table; return the record."""
+    """Write NAME.json and NAME.png under `out_dir`, print the table; return the record.
+
+    `extra` (e.g. an agreement check) is stored in the JSON beside the figures.
+    """
     summary = {k: spread(v) for k, v in figures.items()}
     record = {
         "bench": name,
@@ -67,6 +73,7 @@ def report(
         "figures": summary,
         "goals": goals,
         "repeats": rows,
+        **(extra or {}),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps(record, indent=1, default=str))
@@ -133,11 +140,82 @@ class BenchTrainCommand(TrainBenchConfig, Command):
                {"ray_vs_plain": ">= 0.97", "data_stall": "<= 0.05"})  # fmt: skip
 
 
+class BenchIngestCommand(IngestBenchConfig, Command):
+    """eomae's Ray ingest chips/s ÷ a naive rasterio loop and ÷ odc-stac, on the same units."""
+
+    world: Path | None = Field(
+        None,
+        description="A sample world (`eomae world DIR`) to serve with the local services and "
+        "bench on: the served STAC API is the catalog, and the world's region, 2021-2022 and "
+        "every scene (cloud limit 100) are the defaults of --bbox, --start, --end and "
+        "--max-cloud-cover.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _world_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("world"):
+            return data
+        truth = Path(data["world"]) / "truth.json"
+        if not truth.is_file():
+            raise ValueError(f"--world {data['world']} is not a sample world (no truth.json); "
+                             "make one with `eomae world DIR`")  # fmt: skip
+        defaults = {"bbox": [json.loads(truth.read_text())["region"]], "start": "2021-01-01",
+                    "end": "2022-12-31", "max_cloud_cover": 100.0}  # fmt: skip
+        return defaults | {k: v for k, v in data.items() if v is not None}
+
+    def cli_cmd(self) -> None:
+        """Serve the world if asked, measure, then report."""
+        out = Path(self.run_dir).resolve() / BENCH_DIR
+        fields = self.model_dump(include=set(IngestBenchConfig.model_fields))
+        if self.world is None:
+            run_ingest_bench(IngestBenchConfig(**fields), out)
+            return
+        with LocalServices(self.world, out / "services") as svc:
+            run_ingest_bench(IngestBenchConfig(**{**fields, "catalog": svc.stac_url}), out)
+
+
+def run_ingest_bench(cfg: IngestBenchConfig, out: Path) -> dict[str, Any]:
+    """`eomae bench ingest`: measure, print where the time went and the agreement, report."""
+    result = bench_ingest(cfg, out / "ingest-work", log=console.print)
+    rows = result.pop("rows")
+    ratios = [ingest_ratios(r) for r in rows]
+    figures = {k: [r[k] for r in ratios] for k in ratios[0]}
+    # the cube's layout against its previous one (a file per chip), CPU to write one unit
+    figures["write cpu: per-chip/sharded"] = [
+        w["file_per_chip_cpu_s"] / w["sharded_cpu_s"] for w in result["cube_write"]
+    ]
+    names = [n for n in ALTERNATIVES if n in rows[0]]
+    steps = Table(title="seconds per run (median); eomae's read/write are summed over its tasks")
+    for col in ("", "total", "search / plan", "read", "write", "chips/s"):
+        steps.add_column(col)
+    for n in names:
+        keys = ("seconds", "search_s", "plan_s", "read_s", "write_s", "chips_per_s")
+        med = {k: statistics.median(float(r[n].get(k, 0.0)) for r in rows) for k in keys}
+        steps.add_row(n, f"{med['seconds']:.2f}", f"{med['search_s'] + med['plan_s']:.2f}",
+                      f"{med['read_s']:.2f}", f"{med['write_s']:.2f}",
+                      f"{med['chips_per_s']:.0f}")  # fmt: skip
+    agree = Table(title="same arrays as eomae? fraction of equal pixels (worst unit)")
+    for col in ("", "agrees", *ARRAYS, "dem mean |diff| m"):
+        agree.add_column(col)
+    for n, check in result["agreement"].items():
+        arrays = check["arrays"]
+        agree.add_row(n, "yes" if check["agrees"] else "NO",
+                      *(f"{arrays[a]['equal_fraction']:.4f}" for a in ARRAYS),
+                      f"{arrays['dem']['mean_abs_diff']:.3f}")  # fmt: skip
+    Console().print(steps, agree)
+    if not result["odc_stac"]:
+        result["odc_stac"] = "skipped: odc-stac is not installed (pip install 'eomae[bench]')"
+    goals = {"eomae/naive": ">= 5", "eomae/odc-stac": ">= 1.2"}
+    return report("ingest", out, figures, rows, cfg.model_dump(mode="json"), goals, result)
+
+
 class BenchCommand(Command):
     """Benchmarks: ratios against what users would use instead (see docs/benchmarks.md)."""
 
     loader: CliSubCommand[BenchLoaderCommand] = Field(description=BenchLoaderCommand.__doc__)
     train: CliSubCommand[BenchTrainCommand] = Field(description=BenchTrainCommand.__doc__)
+    ingest: CliSubCommand[BenchIngestCommand] = Field(description=BenchIngestCommand.__doc__)
 
     def cli_cmd(self) -> None:
         """Dispatch to the chosen benchmark."""

@@ -11,7 +11,7 @@
     eomae pretrain --run-dir RUN           MultiMAE pretraining on Ray Train
     eomae export RUN/pretrain/NAME         the pretrained encoder + its config, for evaluation
     eomae evaluate --run-dir RUN           probes, kNN, fine-tuning per input subset -> report
-    eomae bench loader|train               ratios against the alternatives (median, spread)
+    eomae bench loader|train|ingest        ratios against the alternatives (median, spread)
     eomae run PIPELINE.yaml                ingest -> shard -> pretrain -> evaluate, one config
     eomae demo                             `eomae run configs/demo.yaml`: the sample world
 

@@ -132,6 +132,13 @@ def _forget(href: str) -> None:
         lib.VSICurlPartialClearCache(f"/vsicurl/{href}".encode())
 
 
+def clear_http_cache() -> None:
+    """Clear GDAL's /vsicurl/ caches (blocks, file sizes, failures) in this process."""
+    lib = _libgdal()
+    if lib is not None:
+        lib.VSICurlClearCache()
+
+
 def _describe(e: BaseException) -> str:
     """GDAL's messages behind a rasterio error, outermost first, without repeats.
 

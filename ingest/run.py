@@ -47,6 +47,25 @@ def _url(run_dir: str, *parts: str) -> str:
     return "/".join([run_dir.rstrip("/"), *parts])
 
 
+def unit_arrays(
+    dn: np.ndarray, scl: np.ndarray, elevation: np.ndarray, landcover: np.ndarray, baseline: str
+) -> dict[str, np.ndarray]:
+    """A unit's cube arrays from what was read onto its grid.
+
+    `dn` [12, H, W] uint16 as stored, `scl` [H, W], `elevation` [H, W] float32 with NaN
+    where no DEM covers, `landcover` [H, W] WorldCover codes. Returns `s2` harmonised,
+    `scl`, `dem` (0 where no DEM), `lc` and `valid`: clear S2 with DEM and land cover.
+    """
+    covered = np.isfinite(elevation) & (landcover != worldcover.NODATA)
+    return {
+        "s2": sentinel2.harmonise(dn, baseline),
+        "scl": scl,
+        "dem": np.nan_to_num(elevation, nan=0.0).astype(np.float32),
+        "lc": landcover,
+        "valid": sentinel2.valid_mask(dn, scl) & covered,
+    }
+
+
 def process_unit(
     unit: Unit, cube_url: str, chip_size: int, max_reads: int, inject_failure: bool = False
 ) -> UnitResult:
@@ -72,8 +91,8 @@ def process_unit(
     except (ReadError, ValueError, KeyError) as e:
         return UnitResult(unit.unit_id, "failed", redact(str(e)), time.perf_counter() - t0)
     t1 = time.perf_counter()
-    valid = sentinel2.valid_mask(dn, scl) & covered
-    s2 = sentinel2.harmonise(dn, unit.baseline)
+    arrays = unit_arrays(dn, scl, elevation, landcover, unit.baseline)
+    valid = arrays["valid"]
     observed = scl != sentinel2.SceneClass.NO_DATA
     cloudy = np.isin(scl, [int(c) for c in sentinel2.CLOUD_CLASSES])
     attrs = {
@@ -91,13 +110,6 @@ def process_unit(
         "scene_cloud_cover": unit.cloud_cover,
         "cloud_fraction": float(cloudy.sum() / max(observed.sum(), 1)),
         "valid_fraction": float(valid.mean()),
-    }
-    arrays = {
-        "s2": s2,
-        "scl": scl,
-        "dem": np.nan_to_num(elevation, nan=0.0).astype(np.float32),
-        "lc": landcover,
-        "valid": valid,
     }
     write_unit(open_cube(cube_url), unit.unit_id, grid, chip_size, arrays, attrs)
     return UnitResult(

@@ -57,6 +57,11 @@ BANDS: tuple[Band, ...] = (
 BAND_NAMES: tuple[str, ...] = tuple(b.name for b in BANDS)
 BY_NAME: dict[str, Band] = {b.name: b for b in BANDS}
 RESOLUTIONS_M: tuple[int, ...] = (10, 20, 60)
+# Onto the 10 m grid: 10 m bands are copied (nearest: an aligned grid), 20/60 m bands
+# bilinear, the SCL nearest (classes).
+RESAMPLING: dict[str, Resampling] = {
+    b.name: Resampling.nearest if b.resolution_m == 10 else Resampling.bilinear for b in BANDS
+} | {SCL_ASSET: Resampling.nearest}
 
 
 class SceneClass(IntEnum):
@@ -133,12 +138,10 @@ def read_scene(item: dict, grid: Grid, max_reads: int) -> tuple[np.ndarray, np.n
             href, grid, resampling, nodata=NODATA, dtype="uint8" if key == SCL_ASSET else "uint16"
         )
 
-    jobs = {
-        b.name: (Resampling.nearest if b.resolution_m == 10 else Resampling.bilinear) for b in BANDS
-    }
-    jobs[SCL_ASSET] = Resampling.nearest
     with ThreadPoolExecutor(max_workers=max_reads) as pool:
-        results = dict(zip(jobs, pool.map(lambda kv: read(*kv), jobs.items()), strict=True))
+        results = dict(
+            zip(RESAMPLING, pool.map(lambda kv: read(*kv), RESAMPLING.items()), strict=True)
+        )
     s2 = np.stack([results[name][0] for name in BAND_NAMES])
     scl = results[SCL_ASSET][0]
     return s2, scl, sum(nbytes for _, nbytes in results.values())
