@@ -20,9 +20,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import fsspec
-import webdataset as wds
 
-from shards import sample
+from shards import sample, tar
 from shards.config import join_url
 from shards.loader import ShardStream, _Skips, make_loader
 from shards.manifest import read_manifest
@@ -35,8 +34,7 @@ def read_raw(shards_url: str, split: str) -> list[Sample]:
     out: list[Sample] = []
     for entry in read_manifest(shards_url).split_shards(split):
         with fsspec.open(join_url(shards_url, entry.name), "rb") as f:
-            files = wds.tariterators.tar_file_expander([{"url": entry.name, "stream": f}])
-            out.extend(wds.tariterators.group_by_keys(files))
+            out.extend(tar.samples(f, entry.name))
     return out
 
 

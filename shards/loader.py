@@ -17,8 +17,10 @@ Work is split by rank (Ray Train / torch.distributed, or given) and DataLoader w
   rank and worker) through a shuffle buffer; every rank yields exactly `len(loader)`
   batches per epoch, so ranks stay in step however uneven the shards (elastic training).
 
-webdataset does the tar streaming and grouping; decoding, normalisation and the
-splitting above are ours, so that corrupt data is counted rather than fatal.
+Shards are WebDataset tars (webdataset itself reads them); the loader streams them with
+`shards.tar`, several times faster than `tarfile`-based readers at our small samples.
+Decoding, normalisation and the splitting above are ours, so that corrupt data is
+counted rather than fatal.
 """
 
 from __future__ import annotations
@@ -31,10 +33,9 @@ from typing import Any, Literal
 import fsspec
 import numpy as np
 import torch
-import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from shards import sample
+from shards import sample, tar
 from shards.config import join_url
 from shards.manifest import ShardSetError, read_manifest, read_stats
 from shards.modalities import LC, META, MODALITIES, VALID, Modality, get
@@ -46,7 +47,7 @@ MAX_CONSECUTIVE_ERRORS = 1000  # a stream that only fails is broken, not unlucky
 
 
 class _Skips:
-    """Counts what a worker skipped; webdataset calls `handler` on every stream error."""
+    """Counts what a worker skipped: `handler` is called on every stream or sample error."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -128,11 +129,13 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         return (info.id, info.num_workers) if info else (0, 1)
 
-    def _streams(self, urls: Iterator[str]) -> Iterator[dict[str, Any]]:
+    def _samples(self, urls: Iterator[str]) -> Iterator[Sample]:
+        """The raw samples of each shard in turn; a shard that breaks is counted, not fatal."""
         for url in urls:
             try:
-                yield {"url": url, "stream": fsspec.open(url, "rb").open()}
-            except OSError as e:
+                with fsspec.open(url, "rb") as f:
+                    yield from tar.samples(f, url)
+            except (OSError, tar.TarError) as e:
                 self.skips.handler(e)
 
     def _raw_samples(self, slot: int, slots: int) -> Iterator[Sample]:
@@ -143,9 +146,7 @@ class ShardStream(IterableDataset):
             urls, every = iter(self.urls[slot::slots]), 1
         else:
             urls, every = iter(self.urls), slots
-        files = wds.tariterators.tar_file_expander(self._streams(urls), handler=self.skips.handler)
-        grouped = wds.tariterators.group_by_keys(files, handler=self.skips.handler)
-        for i, raw in enumerate(grouped):
+        for i, raw in enumerate(self._samples(urls)):
             if every == 1 or i % every == slot:
                 yield raw
 
@@ -161,7 +162,7 @@ class ShardStream(IterableDataset):
             return None
         self.skips.consecutive = 0
         out: Sample = {m.name: self.normaliser(m, arrays[m.name]) for m in get(self.modalities)}
-        out[VALID] = arrays[VALID]
+        out[VALID] = arrays[VALID].copy()  # writable: transforms may flip it in place
         fractions = meta.get("lc_fractions", {})
         out["lc_fractions"] = np.asarray(
             [fractions.get(str(c), 0.0) for c in LC.classes], np.float32
@@ -170,9 +171,9 @@ class ShardStream(IterableDataset):
         return self.transform(out) if self.transform else out
 
     def _collate(self, batch: list[Sample]) -> Sample:
-        out: Sample = {
-            k: torch.from_numpy(np.stack([s[k] for s in batch])) for k in batch[0] if k != META
-        }
+        # default_collate stacks straight into shared memory in a DataLoader worker, so
+        # handing the batch to the main process copies nothing.
+        out: Sample = {k: default_collate([s[k] for s in batch]) for k in batch[0] if k != META}
         out["meta"] = [s[META] for s in batch]
         out["skipped"] = self.skips.take()
         return out

@@ -23,6 +23,7 @@ import fsspec
 from shards import sample
 from shards.config import join_url
 from shards.manifest import ShardEntry, read_manifest
+from shards.tar import split_name
 
 BLOCK = 512  # tar block; an archive ends with zero blocks
 
@@ -82,13 +83,6 @@ def check_sample(
     return problems
 
 
-def _split_name(name: str) -> tuple[str, str]:
-    """(key, suffix) of a member name, as webdataset groups them (first dot of the basename)."""
-    head, _, base = name.rpartition("/")
-    key, _, suffix = base.partition(".")
-    return (f"{head}/{key}" if head else key), suffix
-
-
 def _ends_cleanly(url: str, offset: int) -> bool:
     """Whether the tar's end-of-archive block is at `offset`."""
     # tarfile stops quietly at a bad or missing header: a loop that just ends proves nothing.
@@ -123,7 +117,7 @@ def check_shard(url: str, entry: ShardEntry, chip_size: int) -> tuple[list[Probl
             # Stream mode only calls read(); typeshed asks for a whole file object.
             with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
                 for info in tar:
-                    k, suffix = _split_name(info.name)
+                    k, suffix = split_name(info.name)
                     if suffix not in sample.MEMBERS or not info.isfile():
                         add(k, "unexpected_member", f"{info.name} is not a sample member")
                         continue
