@@ -110,8 +110,26 @@ def test_demo_runs_end_to_end_and_twice(tmp_path: Path) -> None:
     first = subprocess.run(run, capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "world written" in first.stderr
-    assert re.search(r"Sentinel-2 L2A with cloud cover <= 30.0%: [1-9]\d* items", first.stdout)
+    demo = tmp_path / "demo"
+    report = demo / "evaluation" / "pipeline" / "report.md"
+    assert report.is_file() and "report:" in first.stderr
+    summary = json.loads((demo / "pipeline" / "summary.json").read_text())
+    assert [s["action"] for s in summary["stages"]] == ["ran"] * 5
+    # What the demo is for: pretraining beats random init. Multi-label mAP, kNN on every
+    # input subset and the linear probe on S2 (docs/pipeline.md has the numbers).
+    rows = json.loads((report.parent / "results.json").read_text())["rows"]
+    score = {
+        (r["protocol"], r["inputs"], r["init"]): r["metrics"][r["headline"]]
+        for r in rows
+        if r["task"] == "multilabel"
+    }
+    for protocol, inputs in [("knn", "s2"), ("knn", "s2+dem"), ("knn", "dem"), ("linear", "s2")]:
+        ours, baseline = score[protocol, inputs, "pretrained"], score[protocol, inputs, "random"]
+        assert ours > baseline, (protocol, inputs, ours, baseline)
+
     second = subprocess.run(run, capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "up to date" in second.stderr
+    summary = json.loads((demo / "pipeline" / "summary.json").read_text())
+    assert [s["action"] for s in summary["stages"]] == ["skipped"] * 5
     shutil.rmtree(ray_tmp, ignore_errors=True)
