@@ -55,7 +55,12 @@ export PATH="$VENV/bin:$PATH"
 cd "$ROOT"
 case "$cmd" in
   install) log "installed; activate with: source $VENV/bin/activate" ;;
-  demo) exec eomae demo "$@" ;;
+  demo)
+    # One machine, loopback only: no Ray auth token, no usage-stats calls (overridable).
+    export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
+    export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"
+    exec eomae demo "$@"
+    ;;
   test)
     # Ray: no auth prompts, quick failure detection, no usage-stats network calls.
     export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=1
