@@ -115,17 +115,18 @@ def test_demo_runs_end_to_end_and_twice(tmp_path: Path) -> None:
     assert report.is_file() and "report:" in first.stderr
     summary = json.loads((demo / "pipeline" / "summary.json").read_text())
     assert [s["action"] for s in summary["stages"]] == ["ran"] * 5
-    # What the demo is for: pretraining beats random init. Multi-label mAP, kNN on every
-    # input subset and the linear probe on S2 (docs/pipeline.md has the numbers).
+    # What the demo is for: pretraining beats random init. Multi-label mAP with kNN, on
+    # every input subset: the margin that held at both budgets measured (160 and 320
+    # steps); the linear probe's sign flips between them (docs/pipeline.md).
     rows = json.loads((report.parent / "results.json").read_text())["rows"]
     score = {
         (r["protocol"], r["inputs"], r["init"]): r["metrics"][r["headline"]]
         for r in rows
         if r["task"] == "multilabel"
     }
-    for protocol, inputs in [("knn", "s2"), ("knn", "s2+dem"), ("knn", "dem"), ("linear", "s2")]:
-        ours, baseline = score[protocol, inputs, "pretrained"], score[protocol, inputs, "random"]
-        assert ours > baseline, (protocol, inputs, ours, baseline)
+    for inputs in ("s2", "s2+dem", "dem"):
+        ours, baseline = score["knn", inputs, "pretrained"], score["knn", inputs, "random"]
+        assert ours > baseline, (inputs, ours, baseline)
 
     second = subprocess.run(run, capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stderr[-2000:]
