@@ -23,7 +23,14 @@ from rich.table import Table
 
 from eomae.config import Command
 from infra.services import LocalServices
-from ingest.bench import ALTERNATIVES, ARRAYS, IngestBenchConfig, bench_ingest, ingest_ratios
+from ingest.bench import (
+    ALTERNATIVES,
+    ARRAYS,
+    ODC_MISSING,
+    IngestBenchConfig,
+    bench_ingest,
+    ingest_ratios,
+)
 from shards.bench import bench_loader, size_ratio
 from shards.config import join_url
 from training.bench import TrainBenchConfig, bench_train, train_ratios
@@ -205,7 +212,7 @@ def run_ingest_bench(cfg: IngestBenchConfig, out: Path) -> dict[str, Any]:
                       f"{arrays['dem']['mean_abs_diff']:.3f}")  # fmt: skip
     Console().print(steps, agree)
     if not result["odc_stac"]:
-        result["odc_stac"] = "skipped: odc-stac is not installed (pip install 'eomae[bench]')"
+        result["odc_stac"] = f"skipped: {ODC_MISSING}"
     goals = {"eomae/naive": ">= 5", "eomae/odc-stac": ">= 1.2"}
     return report("ingest", out, figures, rows, cfg.model_dump(mode="json"), goals, result)
 

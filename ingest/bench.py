@@ -55,6 +55,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
+from shapely.ops import unary_union
 
 from ingest.catalog import open_catalog
 from ingest.config import IngestConfig
@@ -62,16 +63,13 @@ from ingest.cube import CUBE_NAME, array_layout, open_cube, write_unit
 from ingest.grid import Grid
 from ingest.parallel import init_ray
 from ingest.plan import Unit, make_plan
-from ingest.raster import GDAL_ENV, clear_http_cache, sign
+from ingest.raster import GDAL_ENV, clear_http_cache, first_valid, sign
 from ingest.run import run_ingest, unit_arrays
 from ingest.sources import dem, sentinel2, worldcover
 
 ALTERNATIVES = ("eomae", "naive", "odc-stac")
 ARRAYS = ("s2", "scl", "dem", "lc", "valid")
-ODC_MISSING = (
-    "odc-stac is not installed, so the odc-stac comparison is skipped; "
-    "install it with: pip install 'eomae[bench]'"
-)
+ODC_MISSING = "odc-stac is not installed (pip install 'eomae[bench]')"
 # "The same arrays": S2, SCL, land cover and validity equal on at least 99.9 % of the pixels
 # of every unit (a nearest-neighbour tie may fall either way), the DEM within 0.5 m on average.
 TOLERANCE = {"equal_fraction": 0.999, "dem_mean_abs_diff_m": 0.5}
@@ -130,15 +128,6 @@ def _warp(href: str, grid: Grid, resampling: Resampling, nodata: float, dtype: s
         return vrt.read(1)
 
 
-def _first_valid(layers: list[np.ndarray], nodata: float, grid: Grid, dtype: str) -> np.ndarray:
-    """Mosaic: each pixel from the first layer that has data there."""
-    out = np.full((grid.height, grid.width), nodata, dtype=dtype)
-    for layer in layers:
-        empty = np.isnan(out) if np.isnan(nodata) else out == nodata
-        out[empty] = layer[empty]
-    return out
-
-
 def _footprint(grid: Grid) -> BaseGeometry:
     """The grid's bounds as a lon/lat box."""
     return box(*transform_bounds(grid.crs, "EPSG:4326", *grid.bounds, densify_pts=21))
@@ -186,14 +175,14 @@ def naive_ingest(
         scl = _warp(item.assets[sentinel2.SCL_ASSET].href, grid, Resampling.nearest,
                     sentinel2.NODATA, "uint8")  # fmt: skip
         nan = float("nan")
-        elevation = _first_valid(
+        elevation = first_valid(
             [_warp(i.assets[dem.ASSET].href, grid, Resampling.bilinear, nan, dem.DTYPE)
-             for i in _covering(dems, grid)], nan, grid, dem.DTYPE,
+             for i in _covering(dems, grid)], grid, nodata=nan, dtype=dem.DTYPE,
         )  # fmt: skip
-        landcover = _first_valid(
+        landcover = first_valid(
             [_warp(i.assets[worldcover.ASSET].href, grid, Resampling.nearest,
                    worldcover.NODATA, "uint8") for i in _covering(lcs, grid)],
-            worldcover.NODATA, grid, "uint8",
+            grid, nodata=worldcover.NODATA, dtype="uint8",
         )  # fmt: skip
         t2 = time.perf_counter()
         baseline = item.properties.get("s2:processing_baseline", "00.00")
@@ -435,12 +424,11 @@ def bench_ingest(
     units = make_plan(cfg, open_catalog(cfg.catalog))
     jobs = jobs_of(units)
     chips = chip_count(jobs, cfg.chip_size)
-    aoi = cfg.aois()
-    bbox = list(aoi[0].union(*aoi[1:]).bounds) if len(aoi) > 1 else list(aoi[0].bounds)
+    bbox = list(unary_union(cfg.aois()).bounds)  # as make_plan searches
     threads = cfg.odc_threads or reads_in_flight(cfg)
     with_odc = odc_available()
     if not with_odc:
-        log(ODC_MISSING)
+        log(f"skipping the odc-stac comparison: {ODC_MISSING}")
     log(f"{len(jobs)} units, {chips} chips of {cfg.chip_size} px"
         + (f"; odc-stac with {threads} threads" if with_odc else ""))  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)

@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import planetary_computer
@@ -220,11 +220,24 @@ def mosaic(
     dtype: str,
 ) -> tuple[np.ndarray, int]:
     """First-valid mosaic of several items on `grid` (overlaps hold the same ground)."""
-    out = np.full((grid.height, grid.width), nodata, dtype=dtype)
     total = 0
-    for href in hrefs:
-        data, nbytes = read_into_grid(href, grid, resampling, nodata=nodata, dtype=dtype)
-        total += nbytes
+
+    def layers() -> Iterator[np.ndarray]:  # one at a time: a layer can be a whole tile
+        nonlocal total
+        for href in hrefs:
+            data, nbytes = read_into_grid(href, grid, resampling, nodata=nodata, dtype=dtype)
+            total += nbytes
+            yield data
+
+    return first_valid(layers(), grid, nodata=nodata, dtype=dtype), total
+
+
+def first_valid(
+    layers: Iterable[np.ndarray], grid: Grid, *, nodata: float, dtype: str
+) -> np.ndarray:
+    """Each pixel of `grid` from the first layer that has data there (nodata elsewhere)."""
+    out = np.full((grid.height, grid.width), nodata, dtype=dtype)
+    for layer in layers:
         empty = np.isnan(out) if np.isnan(nodata) else out == nodata
-        out[empty] = data[empty]
-    return out, total
+        out[empty] = layer[empty]
+    return out

@@ -55,12 +55,13 @@ def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
     """(dtype, shape, Fortran order) from a .npy header, parsed by numpy."""
     f = io.BytesIO(header)
     version = np.lib.format.read_magic(f)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else None
-    if version == (2, 0):
-        read = np.lib.format.read_array_header_2_0
-    if read is None:
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    if version not in readers:
         raise ValueError(f".npy version {version} is not supported")
-    shape, fortran, dtype = read(f)
+    shape, fortran, dtype = readers[version](f)
     if dtype.hasobject:
         raise ValueError("object arrays (pickles) are not allowed")
     return dtype, shape, fortran

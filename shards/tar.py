@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-BLOCK = 512
+BLOCK = 512  # tar block; an archive ends with zero blocks
 REGULAR = (b"0", b"\0", b"7")  # file, old-style file, contiguous file
 GNU_LONGNAME = b"L"
 PAX_HEADERS = (b"x", b"g")

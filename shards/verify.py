@@ -23,9 +23,7 @@ import fsspec
 from shards import sample
 from shards.config import join_url
 from shards.manifest import ShardEntry, read_manifest
-from shards.tar import split_name
-
-BLOCK = 512  # tar block; an archive ends with zero blocks
+from shards.tar import BLOCK, split_name
 
 
 @dataclass(frozen=True)
