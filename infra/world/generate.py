@@ -35,12 +35,13 @@ from scipy import ndimage
 
 from infra.world.cog import write_cog
 from infra.world.config import WorldConfig
-from infra.world.landscape import SIGNATURES, Landscape, build_landscape
+from infra.world.landscape import SIGNATURES, VARIANTS, Landscape, bare_parcels, build_landscape
 from infra.world.layout import (
     AUX_TILE_DEG,
     TileGrid,
     acquisitions,
     aux_tiles,
+    day_of_year,
     region_bounds,
     tile_grids,
     tiles_bounds,
@@ -57,7 +58,7 @@ from ingest.sources import dem, sentinel2, worldcover
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: within-class spectral variety, crop parcels
 MARKER_FILE = "world.json"
 TRUTH_FILE = "truth.json"
 RELATIVE_ORBIT = 65
@@ -141,6 +142,9 @@ def _write_world(root: Path, cfg: WorldConfig, progress: Progress) -> None:
         markers_all += [{**asdict(m), "tile": tile.mgrs} for m in markers]
         points += _ground_points(tile, landscape, cfg.points_per_tile, _rng(cfg, 3, t))
     all_markers = [Marker(m["lon"], m["lat"], m["size_m"]) for m in markers_all]
+    # One crop calendar per date for the whole region, so overlapping tiles agree.
+    bare = [bare_parcels(landscape.parcels, day_of_year(a.when), _rng(cfg, 5, d))
+            for d, a in enumerate(acqs)]  # fmt: skip
 
     for t, tile in enumerate(grids):
         surface = tile_surface(tile, landscape, all_markers)
@@ -150,7 +154,7 @@ def _write_world(root: Path, cfg: WorldConfig, progress: Progress) -> None:
             progress(f"Sentinel-2 {tile.mgrs} {acq.when:%Y-%m-%d}", step, total)
             rng = _rng(cfg, 4, t, d)
             cloud_target, swath_cut = _scene_conditions(t, d, len(acqs), rng)
-            scene = render_scene(tile, surface, acq, rng, cloud_target, swath_cut)
+            scene = render_scene(tile, surface, acq, rng, cloud_target, swath_cut, bare[d])
             platform = "S2A" if d % 2 == 0 else "S2B"
             item_id = sentinel2_item_id(tile, acq, platform, RELATIVE_ORBIT)
             folder = root / "data" / sentinel2.COLLECTION / item_id
@@ -230,6 +234,7 @@ def _write_world(root: Path, cfg: WorldConfig, progress: Progress) -> None:
         "markers": markers_all,
         "marker_reflectance": MARKER_SPECTRUM.astype(int).tolist(),
         "signatures": {str(k): list(v) for k, v in SIGNATURES.items()},
+        "variants": {str(k): list(v) for k, v in VARIANTS.items()},
         "cloud_cover_definition": "percent of non-nodata SCL pixels in classes 8, 9, 10",
     }
     (root / TRUTH_FILE).write_text(json.dumps(truth, indent=1))

@@ -7,6 +7,13 @@ can learn: elevation decides the broad land-cover zones (valleys of crops, towns
 lakes, forested slopes, alpine meadows, bare rock and snow on top), moisture and
 cultivation fields decide between neighbours, and each class has its own spectrum,
 modulated by season and terrain illumination.
+
+A class is not one colour, as on real ground: each pixel mixes two end-members of its
+class (broadleaf and conifer forest, lush and dry grass, clear and turbid water, ...) by a
+smooth `variety` field, and every crop parcel is green or bare soil depending on the
+date. So a chip's mean spectrum does not give its land cover away: conifers look much
+like wetland, dry grass like bare fields, and telling them apart takes texture, context
+and elevation, what pretraining has to learn.
 """
 
 from __future__ import annotations
@@ -39,6 +46,22 @@ SIGNATURES: dict[int, tuple[int, ...]] = {
     95: (250, 300, 550, 300, 900, 2400, 3000, 3200, 3300, 3100, 1400, 600),  # mangroves
     100: (800, 900, 1100, 1200, 1500, 1800, 2000, 2100, 2150, 2100, 2400, 1800),  # moss, lichen
 }
+# The other end-member of each class: what the same class looks like elsewhere.
+VARIANTS: dict[int, tuple[int, ...]] = {
+    10: (200, 250, 400, 250, 600, 1400, 1700, 1900, 2000, 1900, 1000, 450),  # conifers
+    20: (350, 400, 650, 550, 1100, 2200, 2700, 2900, 3000, 2900, 2000, 1100),  # dense shrubs
+    30: (600, 700, 1000, 1200, 1600, 2000, 2200, 2300, 2400, 2300, 2800, 2000),  # dry grass
+    40: (900, 1000, 1300, 1600, 1900, 2100, 2200, 2300, 2400, 2300, 3000, 2500),  # bare field
+    50: (600, 650, 700, 750, 800, 850, 900, 950, 1000, 950, 1100, 1000),  # asphalt, dark roofs
+    60: (700, 800, 950, 1100, 1250, 1350, 1450, 1500, 1550, 1500, 1900, 1600),  # dark rock
+    70: (6000, 6300, 6300, 6200, 6000, 5800, 5600, 5300, 5100, 4600, 600, 450),  # old snow
+    80: (900, 1000, 1100, 900, 600, 300, 200, 150, 130, 100, 40, 25),  # turbid water
+    90: (500, 500, 600, 450, 700, 1100, 1300, 1300, 1300, 1200, 600, 300),  # flooded marsh
+    95: (200, 250, 450, 250, 700, 2000, 2500, 2700, 2800, 2600, 1100, 450),  # dense swamp
+    100: (600, 700, 900, 900, 1300, 1900, 2200, 2400, 2450, 2300, 2000, 1400),  # lichen crust
+}
+CROPLAND = 40
+PARCEL_PX = 32  # crop parcels of ~270 m on the master grid
 VEGETATION = frozenset({10, 20, 30, 40, 90, 95})
 # Bands whose reflectance follows the green-up of vegetation (red edge and NIR).
 SEASONAL_BANDS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0], dtype=bool)
@@ -52,6 +75,8 @@ class Landscape:
     landcover: np.ndarray  # [H, W] uint8 WorldCover codes
     elevation: np.ndarray  # [H, W] float32 metres
     shading: np.ndarray  # [H, W] float32 illumination factor, 1 on flat ground
+    variety: np.ndarray  # [H, W] float32 in [0, 1], weight of the VARIANTS end-member
+    parcel: np.ndarray  # [H, W] int32 crop parcel id
 
     def _pixel_coords(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
         col, row = ~self.transform @ (lon, lat)
@@ -64,6 +89,18 @@ class Landscape:
         elev = ndimage.map_coordinates(self.elevation, coords, order=1, mode="nearest")
         shade = ndimage.map_coordinates(self.shading, coords, order=1, mode="nearest")
         return lc.astype(np.uint8), elev.astype(np.float32), shade.astype(np.float32)
+
+    def sample_variety(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Variety (bilinear) and crop parcel id (nearest) at lon/lat points."""
+        coords = self._pixel_coords(lon, lat)
+        variety = ndimage.map_coordinates(self.variety, coords, order=1, mode="nearest")
+        parcel = ndimage.map_coordinates(self.parcel, coords, order=0, mode="nearest")
+        return variety.astype(np.float32), parcel.astype(np.int32)
+
+    @property
+    def parcels(self) -> int:
+        """How many crop parcel ids there are (ids are 0 .. parcels - 1)."""
+        return int(self.parcel.max()) + 1
 
 
 def smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -111,7 +148,19 @@ def build_landscape(
     landcover = classify(elevation, moisture, cultivation, urban, elevation[window])
     elevation[landcover == 80] = elevation[landcover == 80].max()  # lakes are flat
     shading = hillshade(elevation, south + (north - south) / 2)
-    return Landscape(transform, landcover, elevation, shading)
+    variety = np.clip(0.5 + 0.3 * smooth_noise(shape, 25, rng), 0.0, 1.0)
+    return Landscape(transform, landcover, elevation, shading, variety, parcels(shape, rng))
+
+
+def parcels(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Crop parcel ids: a PARCEL_PX grid whose boundaries wander, as field edges do."""
+    rows, cols = np.indices(shape, dtype=np.float32)
+    rows += 6 * smooth_noise(shape, 40, rng)
+    cols += 6 * smooth_noise(shape, 40, rng)
+    per_row = shape[1] // PARCEL_PX + 2
+    r = np.clip(rows // PARCEL_PX + 1, 0, None)
+    c = np.clip(cols // PARCEL_PX + 1, 0, per_row - 1)
+    return (r * per_row + c).astype(np.int32)
 
 
 def classify(
@@ -159,13 +208,38 @@ def season_factor(day_of_year: int) -> float:
     return 0.8 + 0.2 * math.sin(2 * math.pi * (day_of_year - 110) / 365.0)
 
 
-def reflectance(landcover: np.ndarray, shading: np.ndarray, day_of_year: int) -> np.ndarray:
-    """Noise-free surface reflectance x 10^4, [12, H, W] float32, for a land-cover raster."""
+def _table(spectra: dict[int, tuple[int, ...]], season: float) -> np.ndarray:
+    """(256, 12) spectrum per WorldCover code, vegetation scaled by the season."""
     table = np.zeros((256, 12), dtype=np.float32)
-    for code, spectrum in SIGNATURES.items():
+    for code, spectrum in spectra.items():
         table[code] = spectrum
-    season = season_factor(day_of_year)
     for code in VEGETATION:
         table[code, SEASONAL_BANDS] *= season
-    refl = table[landcover].transpose(2, 0, 1)  # [12, H, W]
+    return table
+
+
+def bare_parcels(n: int, day_of_year: int, rng: np.random.Generator) -> np.ndarray:
+    """Which of `n` crop parcels lie bare on a date: most in early spring, few in summer."""
+    return rng.random(n) < 0.7 - 0.4 * (season_factor(day_of_year) - 0.6) / 0.4
+
+
+def reflectance(
+    landcover: np.ndarray,
+    shading: np.ndarray,
+    day_of_year: int,
+    variety: np.ndarray | None = None,
+    bare_field: np.ndarray | None = None,
+) -> np.ndarray:
+    """Noise-free surface reflectance x 10^4, [12, H, W] float32, for a land-cover raster.
+
+    `variety` [H, W] mixes each class's VARIANTS end-member in (default: none);
+    `bare_field` [H, W] bool puts cropland pixels on the bare-field end-member instead.
+    """
+    season = season_factor(day_of_year)
+    mix = np.zeros(landcover.shape, np.float32) if variety is None else variety.copy()
+    if bare_field is not None:
+        crop = landcover == CROPLAND
+        mix[crop] = np.where(bare_field[crop], 0.9, 0.1)
+    a, b = _table(SIGNATURES, season)[landcover], _table(VARIANTS, season)[landcover]
+    refl = (a * (1 - mix[..., None]) + b * mix[..., None]).transpose(2, 0, 1)  # [12, H, W]
     return refl * shading[None]

@@ -54,6 +54,8 @@ class TileSurface:
     landcover_20m: np.ndarray  # [H/2, W/2], sampled at 20 m centres for the SCL
     shading_20m: np.ndarray  # [H/2, W/2]
     markers: np.ndarray  # [H, W] bool
+    variety: np.ndarray  # [H, W] float32, see landscape.VARIANTS
+    parcel: np.ndarray  # [H, W] int32 crop parcel id
 
 
 @dataclass(frozen=True)
@@ -93,9 +95,11 @@ def marker_mask(tile: TileGrid, markers: list[Marker]) -> np.ndarray:
 
 def tile_surface(tile: TileGrid, landscape: Landscape, markers: list[Marker]) -> TileSurface:
     """Sample the landscape onto the tile's 10 m and 20 m grids."""
-    lc, _, shade = landscape.sample(*pixel_centres_lonlat(tile, 10))
+    lonlat = pixel_centres_lonlat(tile, 10)
+    lc, _, shade = landscape.sample(*lonlat)
     lc20, _, shade20 = landscape.sample(*pixel_centres_lonlat(tile, 20))
-    return TileSurface(lc, shade, lc20, shade20, marker_mask(tile, markers))
+    return TileSurface(lc, shade, lc20, shade20, marker_mask(tile, markers),
+                       *landscape.sample_variety(*lonlat))  # fmt: skip
 
 
 def block_mean(a: np.ndarray, factor: int) -> np.ndarray:
@@ -157,9 +161,14 @@ def render_scene(
     rng: np.random.Generator,
     cloud_target: float,
     swath_cut: float | None,
+    bare_parcels: np.ndarray,
 ) -> Scene:
-    """Render all bands and the SCL of one acquisition of one tile."""
-    refl = reflectance(surface.landcover, surface.shading, day_of_year(acquisition.when))
+    """Render all bands and the SCL of one acquisition of one tile.
+
+    `bare_parcels`: per crop parcel id, whether it lies bare on this date.
+    """
+    refl = reflectance(surface.landcover, surface.shading, day_of_year(acquisition.when),
+                       surface.variety, bare_parcels[surface.parcel])  # fmt: skip
     noise = rng.standard_normal(refl.shape, dtype=np.float32)
     refl = refl * (1 + NOISE_RELATIVE * noise) + NOISE_ABSOLUTE * rng.standard_normal(
         refl.shape, dtype=np.float32

@@ -15,6 +15,7 @@ from shapely.ops import unary_union
 
 from eomae.cli import main
 from infra.world import WorldConfig, WorldError, generate_world
+from infra.world.landscape import bare_parcels, reflectance
 from infra.world.sentinel2 import MARKER_SPECTRUM
 from ingest.sources import dem, sentinel2, worldcover
 
@@ -221,3 +222,25 @@ def test_bad_input_is_refused_with_a_clear_message(
         generate_world(tmp_path / "notes", SMALL)
     assert main(["world", str(tmp_path / "notes")]) == 2
     assert (tmp_path / "notes" / "a.txt").read_text() == "mine"
+
+
+def test_a_class_is_not_one_colour_and_crop_parcels_change_with_the_season() -> None:
+    """Within-class variety: a chip's mean spectrum alone must not give its land cover away."""
+    nir = sentinel2.BAND_NAMES.index("B08")
+    flat = np.ones((1, 101), np.float32)
+    variety = np.linspace(0, 1, 101, dtype=np.float32)[None]
+    forest = reflectance(np.full((1, 101), 10, np.uint8), flat, 200, variety)
+    assert np.ptp(forest[nir]) > 1000, "broadleaf to conifer spans > 10 % NIR reflectance"
+    wetland = reflectance(np.full((1, 1), 90, np.uint8), flat[:, :1], 200)[:, 0, 0]
+    broadleaf, conifer = forest[:, 0, 0], forest[:, 0, -1]
+    # conifers look more like wetland than like broadleaf forest: spectra alone confuse them
+    assert np.abs(conifer - wetland).mean() < np.abs(conifer - broadleaf).mean()
+
+    rng = np.random.default_rng(0)
+    spring, summer = bare_parcels(4000, 30, rng).mean(), bare_parcels(4000, 200, rng).mean()
+    assert 0.6 < spring < 0.75 and 0.25 < summer < 0.4, (spring, summer)
+    crops = np.full((1, 2), 40, np.uint8)
+    fields = reflectance(crops, flat[:, :2], 200, None, np.array([[False, True]]))
+    swir = sentinel2.BAND_NAMES.index("B11")
+    assert fields[swir, 0, 1] > fields[swir, 0, 0] + 300, "bare soil is brighter in the SWIR"
+    assert fields[nir, 0, 1] < fields[nir, 0, 0] - 500, "and darker in the NIR"
