@@ -117,6 +117,13 @@ class SoftConConfig(BaseModel):
     mask_ratio: float = Field(
         0.5, ge=0, lt=1, description="Siamese masking of the online view (softcon only)."
     )
+    modality_drop: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Share of online views drawn without one input source (s2 or dem), so "
+        "each subset embeds alone (softcon only).",
+    )
     temperature: float = Field(0.1, gt=0, description="Similarity temperature.")
     soft_weight: float = Field(1.0, ge=0, description="Weight of the label-similarity target.")
     variant: Literal["ce", "bce"] = Field("ce", description="Row softmax CE, or BCE per pair.")

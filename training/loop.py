@@ -147,7 +147,7 @@ def build_model(cfg: PretrainConfig) -> nn.Module:
     s = cfg.softcon
     if cfg.objective == "softcon":
         return SoftConModel(model, s.head_hidden, s.head_out, s.mask_ratio, s.temperature,
-                            s.soft_weight, s.variant)  # fmt: skip
+                            s.soft_weight, s.variant, modality_drop=s.modality_drop)  # fmt: skip
     if cfg.objective == "combined":
         return CombinedModel(model, s.loss_weight, s.head_hidden, s.head_out, s.temperature,
                              s.soft_weight, s.variant)  # fmt: skip

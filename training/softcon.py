@@ -176,27 +176,53 @@ def ema_momentum(step: int, total: int, base: float = 0.996) -> float:
     return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
 
 
-def siamese_mask(batch: int, tokens: int, ratio: float, generator: torch.Generator) -> Tensor:
+def siamese_mask(
+    batch: int,
+    tokens: int,
+    ratio: float,
+    generator: torch.Generator,
+    sources: Tensor | None = None,
+    drop: float = 0.0,
+) -> Tensor:
     """(B, N) bool, True where visible: each row keeps max(1, round(N * (1 - ratio))) tokens.
 
     A uniform draw without replacement per sample (MSN's random masking of the anchor view).
     Every row keeps the same count, so visible tokens gather into one (B, K, D) tensor.
+    With `sources` (N,) (each token's input source, e.g. 0 = s2, 1 = dem), a row is drawn,
+    with probability `drop`, without one of its sources, as far as the count allows
+    (its tokens go last in the draw): the encoder then learns to embed every input subset
+    alone, which is how evaluation feeds it (S2 only, DEM only).
     """
     if not 0 <= ratio < 1:
         raise ValueError(f"mask ratio {ratio} must be in [0, 1)")
     keep = max(1, round(tokens * (1 - ratio)))
-    noise = torch.rand(batch, tokens, generator=generator, device=generator.device)
+    device = generator.device
+    noise = torch.rand(batch, tokens, generator=generator, device=device)
+    if sources is not None and drop > 0 and int(sources.max()) > 0:
+        sources = sources.to(device)
+        n_sources = int(sources.max()) + 1
+        dropped = torch.randint(n_sources, (batch, 1), generator=generator, device=device)
+        hit = torch.rand(batch, 1, generator=generator, device=device) < drop
+        noise = noise + 2.0 * (hit & (sources[None] == dropped))
     rank = noise.argsort(dim=1).argsort(dim=1)  # a random permutation's positions
     return (rank < keep).cpu()
 
 
-def all_tokens(model: MultiMAE, inputs: dict[str, Tensor]) -> Tensor:
-    """Tokens of the given inputs, concatenated in the model's modality order: (B, N_all, D)."""
+def all_tokens(model: MultiMAE, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Tokens of the given inputs, (B, N_all, D), and the source index of each, (N_all,).
+
+    Tokens come in the model's modality order; sources are numbered in order of
+    appearance (e.g. 0 = s2, 1 = dem).
+    """
     tokens = model._tokens(inputs)
     if not tokens:
         raise ValueError(f"none of {list(inputs)} is an input of this model "
                          f"({list(model.input_adapters)})")  # fmt: skip
-    return torch.cat(list(tokens.values()), dim=1)
+    source_of = {m.name: m.source for m in model.cfg.input_modalities}
+    order = list(dict.fromkeys(source_of[n] for n in tokens))
+    sources = torch.cat([torch.full((t.shape[1],), order.index(source_of[n]))
+                         for n, t in tokens.items()])  # fmt: skip
+    return torch.cat(list(tokens.values()), dim=1), sources
 
 
 def keep_visible(x: Tensor, visible: Tensor) -> Tensor:
@@ -220,7 +246,7 @@ def encode_visible(
     visible: (B, N_all) bool over `all_tokens`; None encodes every token (= `encode`).
     Reuses MultiMAE's tokenisation and encoder rather than repeating them.
     """
-    x = all_tokens(model, inputs)
+    x = all_tokens(model, inputs)[0]
     return model._encode_tokens(x if visible is None else keep_visible(x, visible))
 
 
@@ -250,6 +276,7 @@ class SoftConModel(nn.Module):
         soft_weight: float = 1.0,
         variant: Variant = "ce",
         symmetric: bool = True,
+        modality_drop: float = 0.0,
     ) -> None:
         super().__init__()
         leak = [m.name for m in encoder.cfg.input_modalities if m.categorical]
@@ -260,6 +287,8 @@ class SoftConModel(nn.Module):
         if not 0 <= mask_ratio < 1 or temperature <= 0 or soft_weight < 0:
             raise ValueError(f"need 0 <= mask_ratio < 1, temperature > 0, soft_weight >= 0; got "
                              f"{mask_ratio}, {temperature}, {soft_weight}")  # fmt: skip
+        if not 0 <= modality_drop <= 1:
+            raise ValueError(f"modality_drop {modality_drop} must be in [0, 1]")
         if variant not in ("ce", "bce"):
             raise ValueError(f"variant {variant!r}: choose ce or bce")
         encoder.output_adapters = nn.ModuleDict()
@@ -269,12 +298,13 @@ class SoftConModel(nn.Module):
         self.target_head = copy.deepcopy(self.online_head).requires_grad_(False)
         self.mask_ratio, self.temperature, self.soft_weight = mask_ratio, temperature, soft_weight
         self.variant: Variant = variant
-        self.symmetric = symmetric
+        self.symmetric, self.modality_drop = symmetric, modality_drop
 
     def embed_online(self, inputs: dict[str, Tensor], generator: torch.Generator) -> Tensor:
         """Masked view through the online encoder and head: (B, E), not normalised."""
-        x = all_tokens(self.online, inputs)  # (B, N_all, D)
-        visible = siamese_mask(x.shape[0], x.shape[1], self.mask_ratio, generator)
+        x, sources = all_tokens(self.online, inputs)  # (B, N_all, D), (N_all,)
+        visible = siamese_mask(x.shape[0], x.shape[1], self.mask_ratio, generator, sources,
+                               self.modality_drop)  # fmt: skip
         encoded = self.online._encode_tokens(keep_visible(x, visible))  # (B, 1 + K, D)
         return self.online_head(encoded[:, 0])
 

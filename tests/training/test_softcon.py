@@ -129,6 +129,25 @@ def test_siamese_mask_keeps_the_same_count_per_row() -> None:
     assert siamese_mask(2, 4, 0.99, torch.Generator()).sum(dim=1).tolist() == [1, 1]
 
 
+def test_modality_drop_hides_one_whole_source_from_the_online_view() -> None:
+    # 12 s2 tokens then 4 dem tokens; keep 4 of 16: a dropped source leaves room for the other.
+    sources = torch.tensor([0] * 12 + [1] * 4)
+    g = torch.Generator().manual_seed(0)
+    mask = siamese_mask(256, 16, 0.75, g, sources, drop=1.0)
+    assert (mask.sum(dim=1) == 4).all()
+    sees_s2, sees_dem = mask[:, :12].any(dim=1), mask[:, 12:].any(dim=1)
+    assert not (sees_s2 & sees_dem).any()  # every row sees one source only
+    assert sees_s2.sum() > 80 and sees_dem.sum() > 80  # either source may be the one dropped
+
+    # Without drop, most rows of this draw see both; drop=0.3 hides a source in about 30 %.
+    def both(drop: float) -> float:
+        m = siamese_mask(2000, 16, 0.75, torch.Generator().manual_seed(1), sources, drop)
+        return (m[:, :12].any(dim=1) & m[:, 12:].any(dim=1)).float().mean().item()
+
+    plain, some = both(0.0), both(0.3)
+    assert plain > 0.7 and abs((plain - some) / plain - 0.3) < 0.05
+
+
 def coordinate_batch(batch: int = 4, size: int = 24) -> dict[str, torch.Tensor]:
     """S2 bands 0/1 hold row/column positions, DEM their sum, land cover the row index."""
     rows, cols = torch.meshgrid(
