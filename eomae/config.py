@@ -38,12 +38,16 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _flag_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
+def _flags(key: str, value: Any) -> list[str]:
+    """A config field as the flags a user would type."""
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):  # booleans are switches: --force / --no-force
+        return [flag if value else f"--no-{flag[2:]}"]
+    if value is None:
+        return [flag, "null"]
     if isinstance(value, list | dict):
-        return json.dumps(value, default=str)
-    return str(value)
+        return [flag, json.dumps(value, default=str)]
+    return [flag, str(value)]
 
 
 def expand_config(argv: list[str]) -> list[str]:
@@ -55,9 +59,7 @@ def expand_config(argv: list[str]) -> list[str]:
             path, rest = arg.split("=", 1)[1], argv[:i] + argv[i + 1 :]
         else:
             continue
-        flags = []
-        for key, value in load_yaml(Path(path)).items():
-            flags += [f"--{str(key).replace('_', '-')}", _flag_value(value)]
+        flags = [f for key, value in load_yaml(Path(path)).items() for f in _flags(str(key), value)]
         return rest[:1] + flags + rest[1:]  # after the subcommand, before typed flags
     return argv
 
