@@ -1,7 +1,8 @@
 """SoftCon: land-cover-guided soft contrastive pretraining (Wang, Albrecht and Zhu, 2024).
 
     batch -> two views x, x' (augment.two_views: one crop for all modalities of a view)
-      online: x  -> Siamese masking (a random 1 - ratio of the patch tokens stays)
+      online: x  -> Siamese masking (a random 1 - ratio of the patch tokens stays;
+                    modality drop: some rows keep none of one input source's tokens)
                  -> MultiMAE encoder -> global token -> projection head -> z    (B, E)
       target: x' -> EMA copy of encoder and head, every token, no grad -> z'     (B, E)
       logits: l_ij = <z_i, z'_j> / temperature, z and z' L2-normalised         (B, B)
@@ -22,6 +23,11 @@ With w = 1 the target row is the label similarity itself with the diagonal force
 pairwise disjoint labels give the identity, i.e. InfoNCE (MoCo/SimCLR). w = 0 is always
 InfoNCE. The BCE variant scores every pair independently (as SigLIP), the target being A
 unnormalised; it is summed over a row and averaged over rows, again as SigLIP.
+
+Modality drop is ours, not the paper's (which has one input, S2): with S2 and DEM as
+inputs, the target always sees both and random masking almost never hides a whole source,
+so without it the encoder learns to embed chips from both sources together only, while
+evaluation also feeds S2 alone and DEM alone (as MultiMAE's random per-modality token budget does for reconstruction).
 
 The loss is computed on this rank's batch; gathering target embeddings across ranks (as
 MoCo v3's concat_all_gather) is not done here.
