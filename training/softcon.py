@@ -27,7 +27,8 @@ unnormalised; it is summed over a row and averaged over rows, again as SigLIP.
 Modality drop is ours, not the paper's (which has one input, S2): with S2 and DEM as
 inputs, the target always sees both and random masking almost never hides a whole source,
 so without it the encoder learns to embed chips from both sources together only, while
-evaluation also feeds S2 alone and DEM alone (as MultiMAE's random per-modality token budget does for reconstruction).
+evaluation also feeds S2 alone and DEM alone. (MultiMAE's random per-modality token
+budget does the same for reconstruction.)
 
 The loss is computed on this rank's batch; gathering target embeddings across ranks (as
 MoCo v3's concat_all_gather) is not done here.
