@@ -51,6 +51,9 @@ class ServeCommand(Command):
     cog_port: int | None = Field(
         None, ge=1, le=65535, description="COG server port (default: free)."
     )
+    cog_latency_ms: float = Field(
+        0.0, ge=0, description="Delay added to every COG request, as remote storage has."
+    )
 
     def cli_cmd(self) -> None:
         """Start, print the URLs, serve until Ctrl-C or SIGTERM, stop cleanly."""
@@ -58,7 +61,11 @@ class ServeCommand(Command):
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with LocalServices(
-            self.world, state, stac_port=self.stac_port, cog_port=self.cog_port
+            self.world,
+            state,
+            stac_port=self.stac_port,
+            cog_port=self.cog_port,
+            cog_latency_ms=self.cog_latency_ms,
         ) as svc:
             console.print(f"STAC API   {svc.stac_url}")
             console.print(f"COG server {svc.cog_url}")

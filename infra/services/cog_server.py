@@ -4,7 +4,11 @@ Cloud-optimised reads need ``Range`` (206 Partial Content); Python's http.server
 it and would send whole files. Starlette's ``StaticFiles`` answers single and multiple
 ranges, HEAD and If-Range, so this module only adds a counter of bytes and requests per
 path (``GET /_eomae/stats``, ``POST /_eomae/stats/reset``) that lets tests and benchmarks
-prove a windowed read fetched only part of a file.
+prove a windowed read fetched only part of a file. An optional latency per request
+(``$EOMAE_COG_LATENCY_MS``) stands in for object storage a continent away: on localhost a
+read costs CPU only, on Planetary Computer's blob storage each request also waits tens of
+milliseconds, which is what concurrent readers hide and sequential ones pay
+(``eomae bench ingest --cog-latency-ms``).
 
 Run under uvicorn as ``python -m uvicorn infra.services.cog_server:create_app --factory``
 with the directory to serve in ``$EOMAE_COG_ROOT``; ``CogServer`` does that.
@@ -12,6 +16,7 @@ with the directory to serve in ``$EOMAE_COG_ROOT``; ``CogServer`` does that.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections import defaultdict
@@ -29,6 +34,7 @@ from infra.services.process import UvicornServer
 logger = logging.getLogger(__name__)
 
 ROOT_ENV = "EOMAE_COG_ROOT"
+LATENCY_ENV = "EOMAE_COG_LATENCY_MS"
 STATS_PATH = "/_eomae/stats"
 
 
@@ -79,9 +85,30 @@ class CountingMiddleware:
         await self.app(scope, receive, counting_send)
 
 
-def create_app(root: Path | None = None) -> Starlette:
-    """The ASGI app serving ``root`` (default ``$EOMAE_COG_ROOT``) read-only."""
+class LatencyMiddleware:
+    """Holds each file request `seconds` before answering; requests wait concurrently."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Sleep (without blocking other requests), then pass the request on."""
+        if scope["type"] == "http" and not scope["path"].startswith("/_eomae/"):
+            await asyncio.sleep(self.seconds)
+        await self.app(scope, receive, send)
+
+
+def create_app(root: Path | None = None, latency_ms: float | None = None) -> Starlette:
+    """The ASGI app serving ``root`` (default ``$EOMAE_COG_ROOT``) read-only.
+
+    ``latency_ms`` (default ``$EOMAE_COG_LATENCY_MS``, else 0) delays every file request.
+    """
     directory = Path(root) if root is not None else Path(os.environ[ROOT_ENV])
+    if latency_ms is None:
+        latency_ms = float(os.environ.get(LATENCY_ENV) or 0)
+    if latency_ms < 0:
+        raise ValueError(f"latency {latency_ms} ms must be >= 0")
     stats = TransferStats()
 
     async def get_stats(request: Request) -> JSONResponse:
@@ -99,6 +126,8 @@ def create_app(root: Path | None = None) -> Starlette:
             Mount("/", StaticFiles(directory=directory, follow_symlink=True)),
         ]
     )
+    if latency_ms > 0:
+        app.add_middleware(LatencyMiddleware, seconds=latency_ms / 1000)
     app.add_middleware(CountingMiddleware, stats=stats)
     return app
 
@@ -110,19 +139,22 @@ class CogServer(UvicornServer):
         root: directory to serve (the world); ``WORLD/a/b.tif`` is at ``{url}/a/b.tif``.
         port: TCP port; must be free.
         log_path: uvicorn's log file.
+        latency_ms: added to every file request (emulated remote storage); 0 for none.
     """
 
     NAME = "COG server"
     APP = "infra.services.cog_server:create_app"
     HEALTH_PATH = STATS_PATH
 
-    def __init__(self, root: Path, port: int, log_path: Path) -> None:
+    def __init__(self, root: Path, port: int, log_path: Path, latency_ms: float = 0.0) -> None:
         self.root = Path(root).absolute()
+        self.latency_ms = latency_ms
         super().__init__(port, log_path, cwd=self.root)
 
     def environment(self) -> dict[str, str]:
-        """The directory to serve, and a PYTHONPATH under which ``infra`` imports."""
-        return {**os.environ, ROOT_ENV: str(self.root), "PYTHONPATH": _pythonpath()}
+        """The directory to serve, its latency, and a PYTHONPATH under which ``infra`` imports."""
+        return {**os.environ, ROOT_ENV: str(self.root), LATENCY_ENV: str(self.latency_ms),
+                "PYTHONPATH": _pythonpath()}  # fmt: skip
 
 
 def _pythonpath() -> str:

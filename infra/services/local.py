@@ -34,6 +34,7 @@ class LocalServices:
         state_dir: where the services keep their data and logs.
         stac_port: port of the STAC API, or None for a free one.
         cog_port: port of the COG server, or None for a free one.
+        cog_latency_ms: delay added to every COG request (remote storage, emulated).
 
     Example::
 
@@ -47,10 +48,12 @@ class LocalServices:
         state_dir: Path,
         stac_port: int | None = None,
         cog_port: int | None = None,
+        cog_latency_ms: float = 0.0,
     ) -> None:
         self.world_dir = Path(world_dir)
         self.state_dir = Path(state_dir).absolute()
         self._requested_ports = {"STAC API": stac_port, "COG server": cog_port}
+        self.cog_latency_ms = cog_latency_ms
         # Automatically chosen ports are kept, so a restarted object keeps its URLs.
         self._ports: dict[str, int] = {}
         self.postgres = PostgresCluster(
@@ -97,7 +100,8 @@ class LocalServices:
         logs = self.state_dir / "logs"
         try:
             # uvicorn boots in the background while PostgreSQL starts and the world loads.
-            self._cog = CogServer(world.root, self._ports["COG server"], logs / "cog-server.log")
+            self._cog = CogServer(world.root, self._ports["COG server"], logs / "cog-server.log",
+                                  self.cog_latency_ms)  # fmt: skip
             self._cog.spawn()
             self.postgres.start()
             self.timings.update(self.postgres.timings)

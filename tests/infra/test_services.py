@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,9 @@ from shapely.geometry import box, shape
 
 from infra.services import LocalServices, ServiceError, WorldError
 from infra.services.catalog_loader import load_world, open_world
+from infra.services.cog_server import CogServer
 from infra.services.postgres import find_postgres
-from infra.services.process import pid_running
+from infra.services.process import free_port, pid_running
 
 S2 = "sentinel-2-l2a"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -181,6 +183,29 @@ def test_range_request_returns_206_with_the_bytes_asked_for(
     assert response.status_code == 206
     assert response.headers["content-range"] == f"bytes 100-1123/{len(content)}"
     assert response.content == content[100:1124]
+
+
+def test_cog_latency_delays_each_request_and_requests_wait_together(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(bytes(range(256)) * 64)
+    server = CogServer(tmp_path, free_port(), tmp_path / "cog.log", latency_ms=300)
+    server.spawn()
+    try:
+        server.wait_ready()
+        t0 = time.perf_counter()
+        one = requests.get(f"{server.url}/a.bin", headers={"Range": "bytes=0-9"}, timeout=10)
+        single = time.perf_counter() - t0
+        assert one.status_code == 206 and one.content == bytes(range(10))
+        assert single >= 0.3
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: requests.get(f"{server.url}/a.bin", timeout=10)
+                                  .status_code, range(8)))  # fmt: skip
+        assert codes == [200] * 8
+        assert time.perf_counter() - t0 < 8 * 0.3 / 2  # overlapped, as remote latency is
+        stats = requests.get(f"{server.url}/_eomae/stats", timeout=10).json()
+        assert stats["requests"] == 9  # the counter still counts every delayed request
+    finally:
+        server.stop()
 
 
 def test_windowed_read_over_http_fetches_only_part_of_the_file(
