@@ -98,3 +98,9 @@ def test_bench_ingest_world_fills_region_and_dates(world_dir: Path, truth: dict[
     assert cmd.max_cloud_cover == 100.0
     with pytest.raises(ValueError, match="not a sample world"):
         BenchIngestCommand(world=world_dir / "nowhere", run_dir="runs/x")  # type: ignore[call-arg]
+    # latency is added by the COG server the bench starts for a world; without one it is a
+    # setting that would silently do nothing
+    with pytest.raises(ValueError, match="give --world"):
+        BenchIngestCommand(cog_latency_ms=20, catalog="http://stac", start=date(2021, 1, 1),
+                           end=date(2022, 1, 1), bbox=[(11, 46, 12, 47)])  # fmt: skip
+    assert BenchIngestCommand(world=world_dir, cog_latency_ms=20).cog_latency_ms == 20  # type: ignore[call-arg]
