@@ -1,13 +1,14 @@
 """`eomae bench loader`: the streaming loader against decoding the same samples from memory.
 
-The memory baseline holds every raw sample of the split (the tar members' bytes) in RAM
-and runs exactly the loader's own per-sample work on them: decode, check, normalise and
-collate into batches of the same size. What the ratio
+The memory baseline is what a user with the split in RAM would run: every raw sample (the
+tar members' bytes) held in memory, the loader's own per-sample work on them (decode,
+check, normalise, collate into batches of the same size), through a DataLoader with the
+same number of workers, each worker taking its share of the batches. What the ratio
 
     loader samples/s ÷ memory samples/s
 
-leaves out is what streaming adds: opening and reading shards, tar parsing, grouping
-members, and (with DataLoader workers) moving batches between processes. Also measured:
+leaves out is what streaming adds: opening and reading shards, tar parsing and grouping
+members. Moving batches from workers to the main process is paid by both. Also measured:
 shard bytes ÷ raw array bytes, the storage overhead of the format (tar headers, .npy
 headers, JSON).
 """
@@ -20,10 +21,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import fsspec
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards import sample, tar
 from shards.config import join_url
-from shards.loader import ShardStream, _Skips, make_loader
+from shards.loader import ShardStream, _as_is, _Skips, make_loader
 from shards.manifest import read_manifest
 
 Sample = dict[str, Any]
@@ -38,19 +40,33 @@ def read_raw(shards_url: str, split: str) -> list[Sample]:
     return out
 
 
-def _from_memory(stream: ShardStream, raws: list[Sample], samples: int) -> Iterator[Sample]:
-    """The loader's work after reading (decode, normalise, batch) on `samples` raws in RAM."""
-    stream.skips = _Skips()
-    batch: list[Sample] = []
-    for raw in itertools.islice(itertools.cycle(raws), samples):
-        decoded = stream._decode(raw)
-        if decoded is not None:
-            batch.append(decoded)
-        if len(batch) == stream.batch_size:
-            yield stream._collate(batch)
-            batch = []
-    if batch:
-        yield stream._collate(batch)
+class InMemory(IterableDataset):
+    """The loader's work after reading (decode, normalise, batch) on raw samples in RAM.
+
+    Yields as many batches as the loader, spread over DataLoader workers as the loader
+    spreads them; worker w cycles over every n-th raw sample from w.
+    """
+
+    def __init__(self, stream: ShardStream, raws: list[Sample]) -> None:
+        super().__init__()
+        self.stream, self.raws = stream, raws
+
+    def __iter__(self) -> Iterator[Sample]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        stream = self.stream
+        stream.skips = _Skips()
+        batches = stream._worker_batches(worker, workers) or 0
+        raws = itertools.cycle(self.raws[worker::workers] or self.raws)
+        for _ in range(batches):
+            batch = [stream._decode(next(raws)) for _ in range(stream.batch_size)]
+            yield stream._collate([s for s in batch if s is not None])
+
+
+def from_memory(stream: ShardStream, raws: list[Sample], workers: int) -> DataLoader:
+    """The memory baseline as a DataLoader like the loader's (no re-collation)."""
+    return DataLoader(InMemory(stream, raws), batch_size=None, num_workers=workers,
+                      collate_fn=_as_is)  # fmt: skip
 
 
 def _rate(batches: Iterator[Sample]) -> tuple[float, float, int]:
@@ -84,9 +100,9 @@ def bench_loader(
     """One row per (repeat, worker count): loader and memory samples/s over `samples`.
 
     The loader runs resampled (shards drawn at random, no shuffle buffer) for exactly
-    `samples`; memory cycles over the split's samples as often as needed. Rates are
-    steady-state (after the first batch); the first batch's wait, which includes starting
-    the DataLoader workers, is reported apart.
+    `samples`; memory cycles over the split's samples as often as needed, with the same
+    worker count. Rates are steady-state (after the first batch); the first batch's
+    wait, which includes starting the DataLoader workers, is reported apart.
     """
     raws = read_raw(shards_url, split)
     rows = []
@@ -95,7 +111,7 @@ def bench_loader(
             loader = make_loader(shards_url, split, batch_size=batch_size, mode="resampled",
                                  epoch_samples=samples, shuffle_buffer=0, num_workers=n,
                                  rank=0, world_size=1)  # fmt: skip
-            memory, _, count_m = _rate(_from_memory(loader.stream, raws, len(loader) * batch_size))
+            memory, _, count_m = _rate(iter(from_memory(loader.stream, raws, n)))
             streamed, first_s, count_l = _rate(iter(loader))
             if count_l != count_m:
                 raise RuntimeError(f"loader gave {count_l} samples, memory {count_m}")

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from eomae.cli import main
+from shards.bench import from_memory, read_raw
+from shards.loader import make_loader
 
 
 def test_bench_loader_writes_ratios_with_their_spread(shard_set: Any, tmp_path: Path) -> None:
@@ -43,3 +46,20 @@ def test_bench_train_compares_ray_with_plain_ddp(
     ratio = record["figures"]["ray_vs_plain"]["median"]
     assert ratio == pytest.approx(row["ray_real"] / row["plain_real"])
     assert (tmp_path / "bench" / "train.png").exists()
+
+
+def test_memory_baseline_yields_the_loaders_batches_with_the_same_workers(shard_set: Any) -> None:
+    shards = shard_set[0].out_url
+    loader = make_loader(shards, "train", batch_size=4, mode="resampled", epoch_samples=24,
+                         shuffle_buffer=0, num_workers=2, rank=0, world_size=1)  # fmt: skip
+    streamed = list(loader)
+    memory = list(from_memory(loader.stream, read_raw(shards, "train"), workers=2))
+    assert len(memory) == len(streamed) == len(loader) == 6
+    for ours, theirs in zip(memory, streamed, strict=True):
+        assert ours.keys() == theirs.keys()
+        for k, v in ours.items():
+            if isinstance(v, torch.Tensor):
+                assert v.shape == theirs[k].shape and v.dtype == theirs[k].dtype, k
+    # both workers took part: each cycles over its own share of the raw samples
+    keys = {m["key"] for b in memory for m in b["meta"]}
+    assert len(keys) == 24
