@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 ROOT_ENV = "EOMAE_COG_ROOT"
 LATENCY_ENV = "EOMAE_COG_LATENCY_MS"
-STATS_PATH = "/_eomae/stats"
+SERVICE_PREFIX = "/_eomae/"  # the server's own routes: neither counted nor delayed
+STATS_PATH = SERVICE_PREFIX + "stats"
 
 
 class TransferStats:
@@ -71,7 +72,7 @@ class CountingMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on, counting what goes out (the stats routes are not counted)."""
-        if scope["type"] != "http" or scope["path"].startswith("/_eomae/"):
+        if scope["type"] != "http" or scope["path"].startswith(SERVICE_PREFIX):
             await self.app(scope, receive, send)
             return
         path = scope["path"]
@@ -94,7 +95,7 @@ class LatencyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Sleep (without blocking other requests), then pass the request on."""
-        if scope["type"] == "http" and not scope["path"].startswith("/_eomae/"):
+        if scope["type"] == "http" and not scope["path"].startswith(SERVICE_PREFIX):
             await asyncio.sleep(self.seconds)
         await self.app(scope, receive, send)
 
