@@ -39,7 +39,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
             f"{sum(s['bytes'] for s in entries) / 1e6:.1f}",
         )
     samples = sum(s["samples"] for s in summary["shards"])
-    size = sum(s["bytes"] for s in summary["shards"])
+    size = sum(s["bytes"] + s.get("index_bytes", 0) for s in summary["shards"])
     raw = samples * sum(array_bytes(summary["chip_size"]).values())
     table.add_row("bytes / raw arrays", "", "", f"{size / max(raw, 1):.3f}")
     for reason, n in summary["dropped"].items():

@@ -17,8 +17,9 @@ Work is split by rank (Ray Train / torch.distributed, or given) and DataLoader w
   rank and worker) through a shuffle buffer; every rank yields exactly `len(loader)`
   batches per epoch, so ranks stay in step however uneven the shards (elastic training).
 
-Shards are WebDataset tars (webdataset itself reads them); the loader streams them with
-`shards.tar`, several times faster than `tarfile`-based readers at our small samples.
+Shards are WebDataset tars (webdataset itself reads them); the loader reads them with
+`shards.tar`: by the member-offset index beside each shard (one read per sample), or by
+the tar headers where a shard has no usable index (older shard sets, a rewritten shard).
 Decoding, normalisation and the splitting above are ours, so that corrupt data is
 counted rather than fatal.
 """
@@ -120,6 +121,7 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, 0
         self.rank, self.world_size = rank, world_size
         self.normaliser, self.transform, self.drop_last = normaliser, transform, drop_last
+        self.unindexed: set[str] = set()  # shards whose index was refused (warned once)
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the resampling and shuffling for a new epoch."""
@@ -134,9 +136,30 @@ class ShardStream(IterableDataset):
         for url in urls:
             try:
                 with fsspec.open(url, "rb") as f:
-                    yield from tar.samples(f, url)
+                    index = self._index(url, f)
+                    if index is None:
+                        yield from tar.samples(f, url)
+                    else:
+                        yield from tar.indexed_samples(f, index, url)
             except (OSError, tar.TarError) as e:
                 self.skips.handler(e)
+
+    def _index(self, url: str, f: Any) -> list[tar.IndexedSample] | None:
+        """The shard's member-offset index, or None (read by headers) if it has none usable."""
+        try:
+            with fsspec.open(url + tar.INDEX_SUFFIX, "rb") as g:
+                data = g.read()
+        except FileNotFoundError:
+            return None
+        size = f.seek(0, 2)
+        f.seek(0)
+        try:
+            return tar.parse_index(data, size)
+        except tar.TarError as e:  # slower, not wrong: the headers say the same
+            if url not in self.unindexed:
+                log.warning("%s%s: %s; reading the shard by its headers", url, tar.INDEX_SUFFIX, e)
+                self.unindexed.add(url)
+            return None
 
     def _raw_samples(self, slot: int, slots: int) -> Iterator[Sample]:
         urls: Iterator[str]

@@ -4,6 +4,7 @@
     SHARDS/stats.json      per-band mean/std over valid pixels, class frequencies
     SHARDS/plan.json       the samples of each shard (what a re-run must reproduce)
     SHARDS/{split}-NNNNNN.tar
+    SHARDS/{split}-NNNNNN.tar.idx   where each sample's members lie in the tar (shards.tar)
 
 The manifest is written last: a shard set is complete exactly when it exists.
 """
@@ -37,6 +38,7 @@ class ShardEntry(BaseModel):
     samples: int
     bytes: int
     sha256: str
+    index_bytes: int = 0  # of NAME.tar.idx; 0: none (shard sets from before the index)
 
 
 class Manifest(BaseModel):

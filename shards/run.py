@@ -2,8 +2,9 @@
 
 Phases: scan every complete unit for chips (a Ray task per unit), split and filter on the
 driver, shuffle each split across tiles and dates and pack it into shards by bytes, write
-the shards (a Ray task per shard: temp file + rename, so a shard that exists is whole),
-compute statistics with dask, write the manifest last.
+the shards (a Ray task per shard: temp file + rename, so a shard that exists is whole;
+its member-offset index, `NAME.tar.idx`, is renamed into place just before it), compute
+statistics with dask, write the manifest last.
 
 A re-run keeps a complete shard set made with the same settings from the same units; a
 run that was cut off reuses its plan and the shards already written.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import logging
 import os
 import tarfile
@@ -30,7 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ingest.cube import is_complete, open_cube
 from ingest.grid import RESOLUTION_M
 from ingest.parallel import imap_unordered
-from shards import sample
+from shards import sample, tar
 from shards.chips import Chip, array, scan_unit, split_chips
 from shards.config import CONTENT_FIELDS, SPLITS, ShardConfig, join_url
 from shards.manifest import (
@@ -114,10 +116,19 @@ def read_chip(group: zarr.Group, chip: Chip, size: int) -> dict[str, np.ndarray]
     return arrays
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), 0, 0o444  # fixed: same input, same bytes
-    tar.addfile(info, io.BytesIO(data))
+    archive.addfile(info, io.BytesIO(data))
+
+
+def _put(local: bool, fs: Any, tmp: str, path: str) -> None:
+    """Move a finished temp file to its place: a rename locally, an upload elsewhere."""
+    os.chmod(tmp, 0o644)  # mkstemp makes it private
+    if local:
+        os.replace(tmp, path)
+    else:
+        fs.put_file(tmp, path)
 
 
 def write_shard(
@@ -128,30 +139,32 @@ def write_shard(
     local = isinstance(fs, LocalFileSystem)
     tmp_dir = os.path.dirname(path) if local else tempfile.gettempdir()
     fd, tmp = tempfile.mkstemp(prefix=f".{plan.name}.", suffix=".tmp", dir=tmp_dir)
+    tmp_index = tmp.removesuffix(".tmp") + tar.INDEX_SUFFIX + ".tmp"
     cube = open_cube(cube_url)
     groups: dict[str, Any] = {}
     try:
         with (
             os.fdopen(fd, "wb") as f,
-            tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar,
+            tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as archive,
         ):
             for chip in plan.chips:
                 group = groups.setdefault(chip.unit_id, cube[chip.unit_id])
                 meta = sample_meta(chip, plan.split, units[chip.unit_id])
                 for suffix, data in sample.encode(read_chip(group, chip, size), meta):
-                    _add_member(tar, f"{chip.key}.{suffix}", data)
+                    _add_member(archive, f"{chip.key}.{suffix}", data)
+        tar_bytes = os.path.getsize(tmp)
+        with open(tmp, "rb") as written, open(tmp_index, "w") as out:
+            json.dump(tar.build_index(written, tar_bytes), out, separators=(",", ":"))
         entry = ShardEntry(
-            name=plan.name, split=plan.split, samples=len(plan.chips),
-            bytes=os.path.getsize(tmp), sha256=sha256_of(tmp),
+            name=plan.name, split=plan.split, samples=len(plan.chips), bytes=tar_bytes,
+            sha256=sha256_of(tmp), index_bytes=os.path.getsize(tmp_index),
         )  # fmt: skip
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        if local:
-            os.replace(tmp, path)
-        else:
-            fs.put_file(tmp, path)
+        _put(local, fs, tmp_index, path + tar.INDEX_SUFFIX)  # first: a shard in place has one
+        _put(local, fs, tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for t in (tmp, tmp_index):
+            if os.path.exists(t):
+                os.remove(t)
     return entry.model_dump()
 
 
@@ -185,7 +198,9 @@ def _clear(out_url: str) -> None:
     if fs.exists(path):
         for p in fs.ls(path, detail=False):
             name = p.rstrip("/").rsplit("/", 1)[-1]
-            if name.endswith(".tar") or name in (MANIFEST, STATS, PLAN) or name.endswith(".tmp"):
+            if name.endswith((".tar", ".tar" + tar.INDEX_SUFFIX, ".tmp")) or name in (
+                MANIFEST, STATS, PLAN,
+            ):  # fmt: skip
                 fs.rm(p)
 
 
@@ -268,9 +283,11 @@ def run_shard(
     for p in shard_plans:
         url = join_url(out, p.name)
         if fs.exists(fs._strip_protocol(url)):  # renamed into place: whole
+            index = fs._strip_protocol(url + tar.INDEX_SUFFIX)  # placed before the shard
             entries[p.name] = ShardEntry(
                 name=p.name, split=p.split, samples=len(p.chips),
                 bytes=fs.size(fs._strip_protocol(url)), sha256=sha256_of(url),
+                index_bytes=fs.size(index) if fs.exists(index) else 0,
             ).model_dump()  # fmt: skip
         else:
             todo.append(p)

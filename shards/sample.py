@@ -47,7 +47,7 @@ def encode_array(array: np.ndarray) -> bytes:
 def encode(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> list[tuple[str, bytes]]:
     """(member suffix, bytes) for each member of a sample, in member order."""
     members = [(f"{n}.npy", encode_array(arrays[n])) for n in ARRAY_MEMBERS]
-    return [*members, (META, json.dumps(meta, sort_keys=True).encode())]
+    return [*members, (META, json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())]
 
 
 @functools.lru_cache(maxsize=256)
@@ -99,7 +99,7 @@ def decode(
         except (ValueError, OSError, EOFError) as e:
             raise SampleError(f"{name}.npy does not decode: {e}") from e
     try:
-        meta = json.loads(members[META])
+        meta = json.loads(bytes(members[META]))  # bytes or a view (shards.tar)
     except (ValueError, UnicodeDecodeError) as e:
         raise SampleError(f"json does not decode: {e}") from e
     return arrays, meta

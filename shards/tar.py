@@ -12,10 +12,19 @@ is the member path up to the first dot of its file name, the rest is the field n
 
 A bad header checksum, a truncated member or a number field that does not parse raises
 TarError, which the loader counts and skips like any other corrupt shard data.
+
+The index: `build_index` records where each sample's members lie in a tar, and
+`shards.run` writes it beside each shard (`NAME.tar.idx`, JSON). With it,
+`indexed_samples` reads a sample as one contiguous read and slices its members out of
+it: no headers, no per-member reads. That is what makes the loader keep up with decoding
+from memory at 64 px (docs/benchmarks.md). The index holds the tar's size, so an index
+left beside a rewritten shard is refused (`parse_index`) and the tar is read by its
+headers instead; plain WebDataset readers ignore the file.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -23,6 +32,10 @@ BLOCK = 512  # tar block; an archive ends with zero blocks
 REGULAR = (b"0", b"\0", b"7")  # file, old-style file, contiguous file
 GNU_LONGNAME = b"L"
 PAX_HEADERS = (b"x", b"g")
+INDEX_SUFFIX = ".idx"  # train-000000.tar -> train-000000.tar.idx
+INDEX_VERSION = 1
+# One sample's members: [field, offset of the member's bytes in the tar, size], in tar order.
+IndexedSample = tuple[str, list[tuple[str, int, int]]]
 
 
 class TarError(ValueError):
@@ -72,7 +85,14 @@ def _pax_path(records: bytes) -> str | None:
 
 def members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of each regular file in the tar, in order; TarError if it is corrupt."""
+    for name, _, data in _walk(stream):
+        yield name, data
+
+
+def _walk(stream: BinaryIO) -> Iterator[tuple[str, int, bytes]]:
+    """(name, offset of its bytes from where the stream starts, bytes) of each regular file."""
     long_name: str | None = None
+    position = 0
     while True:
         header = stream.read(BLOCK)
         if not header:  # end of the file without the end-of-archive blocks
@@ -86,6 +106,7 @@ def members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         size, kind = _number(header[124:136]), header[156:157]
         data = _read(stream, size, "member")
         _read(stream, -size % BLOCK, "padding")
+        offset, position = position + BLOCK, position + BLOCK + size + -size % BLOCK
         if kind == GNU_LONGNAME:
             long_name = data.rstrip(b"\0").decode(errors="replace")
         elif kind in PAX_HEADERS:
@@ -96,7 +117,7 @@ def members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         elif kind in REGULAR:
             name = long_name or _header_name(header)
             long_name = None
-            yield name, data
+            yield name, offset, data
         else:  # directories, links: nothing a shard holds
             long_name = None
 
@@ -134,3 +155,51 @@ def samples(stream: BinaryIO, url: str = "") -> Iterator[dict[str, Any]]:
         current[field] = data
     if current is not None:
         yield current
+
+
+def build_index(stream: BinaryIO, tar_bytes: int) -> dict[str, Any]:
+    """The index of a tar of `tar_bytes` bytes, read from its start (JSON-ready)."""
+    samples: list[list[Any]] = []
+    for name, offset, data in _walk(stream):
+        key, field = split_name(name)
+        if not samples or samples[-1][0] != key:
+            samples.append([key, []])
+        samples[-1][1].append([field, offset, len(data)])
+    return {"version": INDEX_VERSION, "tar_bytes": tar_bytes, "samples": samples}
+
+
+def parse_index(data: bytes, tar_bytes: int) -> list[IndexedSample]:
+    """The samples of an index file, checked against its tar's size; TarError if unusable."""
+    try:
+        index = json.loads(data)
+        if index["version"] != INDEX_VERSION:
+            raise TarError(f"index version {index['version']}, not {INDEX_VERSION}")
+        if index["tar_bytes"] != tar_bytes:
+            raise TarError(f"index is of a tar of {index['tar_bytes']} bytes, not {tar_bytes}")
+        samples = [
+            (str(key), [(str(f), int(o), int(n)) for f, o, n in fields])
+            for key, fields in index["samples"]
+        ]
+    except (ValueError, KeyError, TypeError) as e:
+        raise TarError(f"malformed index: {e!r}") from e
+    if any(not m or m[-1][1] + m[-1][2] > tar_bytes for _, m in samples):
+        raise TarError("index points past the end of its tar")
+    return samples
+
+
+def indexed_samples(
+    stream: BinaryIO, index: list[IndexedSample], url: str = ""
+) -> Iterator[dict[str, Any]]:
+    """The samples of a seekable tar by its index: one read per sample, members as views.
+
+    Array members are memoryviews into that read (numpy decodes them without a copy); the
+    same samples as `samples` yields, which a test checks.
+    """
+    for key, fields in index:
+        start = fields[0][1]
+        stream.seek(start)
+        span = memoryview(_read(stream, fields[-1][1] + fields[-1][2] - start, "sample"))
+        out: dict[str, Any] = {"__key__": key, "__url__": url}
+        for field, offset, size in fields:
+            out[field] = span[offset - start : offset - start + size]
+        yield out

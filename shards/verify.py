@@ -5,8 +5,9 @@
 
 Each shard is streamed once (so fsspec URLs work and memory stays flat): the bytes are
 hashed and counted on the way through the tar reader. Problem kinds: missing_shard,
-checksum, size, truncated, count (shard level); missing_member, unexpected_member,
-duplicate_key, decode, schema, values (per sample).
+checksum, size, truncated, count, index (shard level; the member-offset index of a sound
+tar must exist where the manifest lists one and match the tar member for member);
+missing_member, unexpected_member, duplicate_key, decode, schema, values (per sample).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import IO
 
 import fsspec
 
-from shards import sample
+from shards import sample, tar
 from shards.config import join_url
 from shards.manifest import ShardEntry, read_manifest
-from shards.tar import BLOCK, split_name
+from shards.tar import BLOCK, INDEX_SUFFIX, split_name
+
+Layout = list[tuple[str, str, int, int]]  # (key, field, offset, size) of each member
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,28 @@ def _ends_cleanly(url: str, offset: int) -> bool:
         return bool(f.read(BLOCK) == bytes(BLOCK))
 
 
+def check_index(url: str, entry: ShardEntry, layout: Layout, tar_bytes: int) -> str | None:
+    """What is wrong with a shard's index given the tar's member layout (None: sound)."""
+    try:
+        with fsspec.open(url + INDEX_SUFFIX, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return f"{url}{INDEX_SUFFIX} is missing" if entry.index_bytes else None
+    try:
+        index = tar.parse_index(data, tar_bytes)
+    except tar.TarError as e:
+        return str(e)
+    listed = [(key, *member) for key, members in index for member in members]
+    for i, (got, want) in enumerate(zip(listed, layout, strict=False)):
+        if got != want:
+            return f"member {i} is {want} in the tar, {got} in the index"
+    if len(listed) != len(layout):
+        return f"{len(listed)} members in the index, {len(layout)} in the tar"
+    if entry.index_bytes and len(data) != entry.index_bytes:  # 0: not listed (older sets)
+        return f"{len(data)} bytes, manifest says {entry.index_bytes}"
+    return None
+
+
 def check_shard(url: str, entry: ShardEntry, chip_size: int) -> tuple[list[Problem], list[str]]:
     """Problems of one shard and the sample keys found in it, in order."""
     problems: list[Problem] = []
@@ -108,14 +133,17 @@ def check_shard(url: str, entry: ShardEntry, chip_size: int) -> tuple[list[Probl
     keys: list[str] = []
     seen: set[str] = set()
     key, members = "", dict[str, bytes]()
+    layout: Layout = []
     end: int | None = None  # where the tar's members end, if the stream did not break
     with f:
         reader = _HashingReader(f)
         try:
             # Stream mode only calls read(); typeshed asks for a whole file object.
-            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
-                for info in tar:
+            with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
+                for info in archive:
                     k, suffix = split_name(info.name)
+                    if info.isfile():
+                        layout.append((k, suffix, info.offset_data, info.size))
                     if suffix not in sample.MEMBERS or not info.isfile():
                         add(k, "unexpected_member", f"{info.name} is not a sample member")
                         continue
@@ -129,9 +157,9 @@ def check_shard(url: str, entry: ShardEntry, chip_size: int) -> tuple[list[Probl
                         seen.add(k)
                     if suffix in members:
                         add(k, "duplicate_key", f"member {suffix} appears twice")
-                    data = tar.extractfile(info)
+                    data = archive.extractfile(info)
                     members[suffix] = data.read() if data else b""
-                end = tar.offset
+                end = archive.offset
             if key:
                 finish(key, members)
         except (tarfile.TarError, EOFError, OSError) as e:
@@ -150,6 +178,10 @@ def check_shard(url: str, entry: ShardEntry, chip_size: int) -> tuple[list[Probl
         add("", "checksum", f"sha256 {reader.digest.hexdigest()}, manifest says {entry.sha256}")
     if len(keys) != entry.samples:
         add("", "count", f"{len(keys)} samples, manifest says {entry.samples}")
+    tar_sound = not any(p.kind in ("size", "checksum") for p in problems)
+    index_problem = check_index(url, entry, layout, reader.size) if tar_sound else None
+    if index_problem:  # (a damaged tar is the problem to fix: rewriting it rewrites its index)
+        add("", "index", index_problem)
     return problems, keys
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from shards import tar
 from shards.loader import make_loader
 from shards.manifest import ShardSetError, read_manifest, read_stats, sha256_of
 from shards.modalities import LC, S2
@@ -114,6 +115,30 @@ def test_a_truncated_shard_loses_only_its_tail(shard_copy: Path) -> None:
     assert manifest.samples("train") - entry.samples < seen < manifest.samples("train")
     assert loader.skipped >= 1
     assert sha256_of(str(path)) != entry.sha256
+
+
+def test_the_loader_reads_by_the_index_and_falls_back_to_the_headers(
+    shard_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = read_manifest(str(shard_copy))
+    entry = manifest.split_shards("train")[0]
+    path, index = shard_copy / entry.name, shard_copy / f"{entry.name}{tar.INDEX_SUFFIX}"
+    second_sample = json.loads(index.read_bytes())["samples"][1][1][0][1]  # its first member
+    data = bytearray(path.read_bytes())
+    data[second_sample - 512 + 20] ^= 0x01  # in that member's header name: checksum fails
+    path.write_bytes(bytes(data))
+    expected = manifest.samples("train")
+    loader = make_loader(str(shard_copy), "train", batch_size=7)
+    assert sum(len(b["meta"]) for b in loader) == expected  # no header was read
+    assert loader.skipped == 0
+
+    index.write_bytes(index.read_bytes()[:-1])  # unusable now: the headers decide
+    loader = make_loader(str(shard_copy), "train", batch_size=7)
+    # By headers the shard breaks at its second sample; the first is dropped with it, as
+    # the reader cannot know a sample is whole before the next one starts.
+    assert sum(len(b["meta"]) for b in loader) == expected - entry.samples
+    assert loader.skipped == 1
+    assert "reading the shard by its headers" in caplog.text
 
 
 def test_resampled_mode_keeps_ranks_in_step_under_ray_train(

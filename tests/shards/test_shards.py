@@ -25,6 +25,7 @@ from shards.manifest import ShardSetError, read_manifest
 from shards.modalities import LC, MODALITIES
 from shards.run import run_shard
 from shards.stats import compute_stats
+from shards.verify import verify
 
 
 def read_samples(tar_path: Path) -> dict[str, dict[str, bytes]]:
@@ -194,6 +195,7 @@ def test_a_cut_off_run_resumes_with_identical_shards(shard_set: Any, tmp_path: P
     assert all((out / n).stat().st_mtime_ns == t for n, t in kept_before.items())
     keys = [k for e in second["shards"] for k in read_samples(out / e["name"])]
     assert len(keys) == len(set(keys)) == read_manifest(str(out)).samples()
+    assert verify(str(out)) == []  # indexes included: each matches its rewritten shard
 
 
 def test_force_rewrites_with_new_settings(shard_set: Any, tmp_path: Path) -> None:

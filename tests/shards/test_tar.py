@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from typing import Any
 
@@ -114,3 +115,38 @@ def test_split_name() -> None:
     assert tar.split_name("d.x/k.s2.npy") == ("d.x/k", "s2.npy")
     assert tar.split_name("k.json") == ("k", "json")
     assert tar.split_name("noext") == ("noext", "")
+
+
+def test_the_index_reads_the_same_samples_as_the_headers(
+    shard_set: tuple[ShardConfig, Any],
+) -> None:
+    shards_url = shard_set[0].out_url
+    for entry in read_manifest(shards_url).shards:
+        url = join_url(shards_url, entry.name)
+        with fsspec.open(url + tar.INDEX_SUFFIX, "rb") as f:
+            index = tar.parse_index(f.read(), entry.bytes)
+        with fsspec.open(url, "rb") as f:
+            by_headers = list(tar.samples(f, url))
+            by_index = list(tar.indexed_samples(f, index, url))
+        assert len(by_index) == entry.samples
+        assert [{k: bytes(v) if isinstance(v, memoryview) else v for k, v in s.items()}
+                for s in by_index] == by_headers  # fmt: skip
+
+
+def test_an_index_for_another_tar_is_refused() -> None:
+    data = make_tar(tarfile.GNU_FORMAT)
+    index = tar.build_index(io.BytesIO(data), len(data))
+    key, fields = index["samples"][0]
+    assert (key, [f[0] for f in fields]) == ("k0", ["s2.npy", "json"])
+    assert data[fields[0][1] : fields[0][1] + fields[0][2]] == MEMBERS[0][1]
+    encoded = json.dumps(index).encode()
+    assert tar.parse_index(encoded, len(data))
+    with pytest.raises(tar.TarError, match="not"):  # the shard was rewritten since
+        tar.parse_index(encoded, len(data) + 512)
+    index["samples"][-1][1][-1][2] = len(data)
+    with pytest.raises(tar.TarError, match="past the end"):
+        tar.parse_index(json.dumps(index).encode(), len(data))
+    with pytest.raises(tar.TarError, match="malformed"):
+        tar.parse_index(b'{"version": 1, "tar_bytes": 10}', 10)
+    with pytest.raises(tar.TarError, match="malformed"):
+        tar.parse_index(b"\x00garbage", 10)

@@ -14,6 +14,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from shards import tar
 from shards.config import SPLITS
 from shards.manifest import MANIFEST, read_manifest, sha256_of
 from shards.preview import describe, figure_inches, preview
@@ -48,11 +49,15 @@ def edit_manifest(shards: Path, name: str, **fields: Any) -> None:
 
 
 def rewrite(shards: Path, name: str, edit: Callable[[Members], Members]) -> None:
-    """Rewrite a shard with edited members and update its sha256 and size in the manifest,
-    so only the damage inside the samples shows."""
+    """Rewrite a shard with edited members and update its index, sha256 and size in the
+    manifest, so only the damage inside the samples shows."""
     path = shards / name
     write_members(path, edit(read_members(path)))
-    edit_manifest(shards, name, bytes=path.stat().st_size, sha256=sha256_of(str(path)))
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        index = json.dumps(tar.build_index(f, size)).encode()
+    (shards / f"{name}{tar.INDEX_SUFFIX}").write_bytes(index)
+    edit_manifest(shards, name, bytes=size, sha256=sha256_of(str(path)), index_bytes=len(index))
 
 
 def target(shards: Path) -> tuple[str, list[str]]:
@@ -162,6 +167,22 @@ def test_a_missing_shard_is_reported(shard_copy: Path) -> None:
     name, _ = target(shard_copy)
     (shard_copy / name).unlink()
     assert where(verify(str(shard_copy))) == {(name, "", "missing_shard")}
+
+
+def test_an_index_that_does_not_match_its_shard_is_reported(shard_copy: Path) -> None:
+    name, keys = target(shard_copy)
+    index_path = shard_copy / f"{name}{tar.INDEX_SUFFIX}"
+    index = json.loads(index_path.read_bytes())
+    sound = index_path.read_bytes()
+    index["samples"][1][1][0][1] += 512  # the second sample's first member, one block off
+    index_path.write_bytes(json.dumps(index).encode().ljust(len(sound)))  # same size
+    problems = verify(str(shard_copy))
+    assert where(problems) == {(name, "", "index")}
+    assert f"{keys[1]}" in problems[0].detail
+    index_path.unlink()  # the manifest lists an index: its absence is a problem too
+    problems = verify(str(shard_copy))
+    assert where(problems) == {(name, "", "index")}
+    assert "missing" in problems[0].detail
 
 
 def test_duplicates_strays_and_bad_json_are_all_reported(shard_copy: Path) -> None:
