@@ -25,6 +25,7 @@ headers instead; plain WebDataset readers ignore the file.
 from __future__ import annotations
 
 import json
+import mmap
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -190,16 +191,33 @@ def parse_index(data: bytes, tar_bytes: int) -> list[IndexedSample]:
 def indexed_samples(
     stream: BinaryIO, index: list[IndexedSample], url: str = ""
 ) -> Iterator[dict[str, Any]]:
-    """The samples of a seekable tar by its index: one read per sample, members as views.
+    """The samples of a seekable tar by its index, members as memoryviews.
 
-    Array members are memoryviews into that read (numpy decodes them without a copy); the
-    same samples as `samples` yields, which a test checks.
+    A local file is memory-mapped: members are views of the page cache, no read, copy or
+    allocation per sample (numpy decodes them in place). Shards are replaced by rename,
+    never rewritten in place, so a mapping stays valid. Other streams (fsspec remote
+    files) are read one sample span at a time. Either way, the same samples as `samples`
+    yields, which a test checks.
     """
+    mapped = _mapped(stream)
     for key, fields in index:
-        start = fields[0][1]
-        stream.seek(start)
-        span = memoryview(_read(stream, fields[-1][1] + fields[-1][2] - start, "sample"))
+        start, end = fields[0][1], fields[-1][1] + fields[-1][2]
+        if mapped is not None:
+            if end > len(mapped):
+                raise TarError(f"truncated sample: the tar ends at {len(mapped)}, not {end}")
+            span, base = mapped, 0
+        else:
+            stream.seek(start)
+            span, base = memoryview(_read(stream, end - start, "sample")), start
         out: dict[str, Any] = {"__key__": key, "__url__": url}
         for field, offset, size in fields:
-            out[field] = span[offset - start : offset - start + size]
+            out[field] = span[offset - base : offset - base + size]
         yield out
+
+
+def _mapped(stream: BinaryIO) -> memoryview | None:
+    """A read-only view of the whole file behind `stream`, or None if it has no file."""
+    try:
+        return memoryview(mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ))
+    except (AttributeError, OSError, ValueError):  # no fileno (remote), not mappable, empty
+        return None

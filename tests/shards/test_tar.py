@@ -127,10 +127,13 @@ def test_the_index_reads_the_same_samples_as_the_headers(
             index = tar.parse_index(f.read(), entry.bytes)
         with fsspec.open(url, "rb") as f:
             by_headers = list(tar.samples(f, url))
-            by_index = list(tar.indexed_samples(f, index, url))
-        assert len(by_index) == entry.samples
-        assert [{k: bytes(v) if isinstance(v, memoryview) else v for k, v in s.items()}
-                for s in by_index] == by_headers  # fmt: skip
+            mapped = list(tar.indexed_samples(f, index, url))  # a local file: mmap
+            f.seek(0)
+            read = list(tar.indexed_samples(io.BytesIO(f.read()), index, url))  # no file
+        for by_index in (mapped, read):
+            assert len(by_index) == entry.samples
+            assert [{k: bytes(v) if isinstance(v, memoryview) else v for k, v in s.items()}
+                    for s in by_index] == by_headers  # fmt: skip
 
 
 def test_an_index_for_another_tar_is_refused() -> None:
