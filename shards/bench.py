@@ -104,8 +104,9 @@ def bench_loader(
 
     The loader runs resampled (shards drawn at random, no shuffle buffer) for exactly
     `samples`; memory cycles over the split's samples as often as needed, with the same
-    worker count. Rates are steady-state (after the first batch); the first batch's
-    wait, which includes starting the DataLoader workers, is reported apart.
+    worker count; which of the two runs first alternates between repeats. Rates are
+    steady-state (after the first batch); the first batch's wait, which includes starting
+    the DataLoader workers, is reported apart.
     """
     raws = read_raw(shards_url, split)
     rows = []
@@ -114,8 +115,14 @@ def bench_loader(
             loader = make_loader(shards_url, split, batch_size=batch_size, mode="resampled",
                                  epoch_samples=samples, shuffle_buffer=0, num_workers=n,
                                  rank=0, world_size=1)  # fmt: skip
-            memory, _, count_m = _rate(iter(from_memory(loader.stream, raws, n)))
-            streamed, first_s, count_l = _rate(iter(loader))
+            # Alternate which runs first: on a shared VM, the second of two runs in a row is
+            # often faster or slower (caches, allocator, neighbours) by more than the gap.
+            if r % 2 == 0:
+                memory, _, count_m = _rate(iter(from_memory(loader.stream, raws, n)))
+                streamed, first_s, count_l = _rate(iter(loader))
+            else:
+                streamed, first_s, count_l = _rate(iter(loader))
+                memory, _, count_m = _rate(iter(from_memory(loader.stream, raws, n)))
             if count_l != count_m:
                 raise RuntimeError(f"loader gave {count_l} samples, memory {count_m}")
             rows.append({"repeat": r, "workers": n, "loader": streamed, "memory": memory,

@@ -18,8 +18,9 @@ Work is split by rank (Ray Train / torch.distributed, or given) and DataLoader w
   batches per epoch, so ranks stay in step however uneven the shards (elastic training).
 
 Shards are WebDataset tars (webdataset itself reads them); the loader reads them with
-`shards.tar`: by the member-offset index beside each shard (one read per sample), or by
-the tar headers where a shard has no usable index (older shard sets, a rewritten shard).
+`shards.tar`: by the member-offset index beside each shard (a local shard memory-mapped,
+a remote one read a sample at a time), or by the tar headers where a shard has no usable
+index (older shard sets, a rewritten shard).
 Decoding, normalisation and the splitting above are ours, so that corrupt data is
 counted rather than fatal.
 """
