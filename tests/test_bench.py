@@ -12,6 +12,9 @@ import torch
 from eomae.cli import main
 from shards.bench import from_memory, read_raw
 from shards.loader import make_loader
+from training.bench import TrainBenchConfig, peak_tflops, step_flops
+from training.config import ModelConfig
+from training.multimae import MultiMAE
 
 
 def test_bench_loader_writes_ratios_with_their_spread(shard_set: Any, tmp_path: Path) -> None:
@@ -41,8 +44,13 @@ def test_bench_train_compares_ray_with_plain_ddp(
     assert main(args) == 0
     record = json.loads((tmp_path / "bench" / "train.json").read_text())
     (row,) = record["repeats"]
-    assert set(row) == {"ray_real", "ray_synthetic", "plain_real", "plain_synthetic"}
-    assert all(v > 0 for v in row.values())
+    rates = {"ray_real", "ray_synthetic", "plain_real", "plain_synthetic"}
+    assert set(row) == rates | {"flops_per_sample", "peak_tflops", "tflops_per_worker"}
+    assert all(row[k] > 0 for k in rates | {"flops_per_sample", "tflops_per_worker"})
+    assert row["tflops_per_worker"] == pytest.approx(
+        row["ray_real"] * row["flops_per_sample"] / 2 / 1e12
+    )
+    assert "mfu" not in record["figures"]  # a CPU has no known peak
     ratio = record["figures"]["ray_vs_plain"]["median"]
     assert ratio == pytest.approx(row["ray_real"] / row["plain_real"])
     assert (tmp_path / "bench" / "train.png").exists()
@@ -63,3 +71,26 @@ def test_memory_baseline_yields_the_loaders_batches_with_the_same_workers(shard_
     # both workers took part: each cycles over its own share of the raw samples
     keys = {m["key"] for b in memory for m in b["meta"]}
     assert len(keys) == 24
+
+
+def test_step_flops_count_one_training_step_per_sample_and_change_nothing(
+    shard_set: Any,
+) -> None:
+    cfg = TrainBenchConfig(shards=shard_set[0].out_url,
+                           model=ModelConfig(size="tiny", modalities="bandgroups"))  # fmt: skip
+    model = MultiMAE(cfg.model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sources = sorted({m.source for m in cfg.model.all_modalities})
+    batch = next(iter(make_loader(cfg.shards or "", "train", sources, batch_size=4)))
+    half = {k: v[:2] if isinstance(v, torch.Tensor | list) else v for k, v in batch.items()}
+    cpu = torch.device("cpu")
+    per_sample = step_flops(model, batch, cfg, cpu)
+    assert per_sample == pytest.approx(step_flops(model, half, cfg, cpu), rel=0.02)
+    # At least forward + backward (3 x 2 FLOPs per weight) of every encoder block's
+    # weights for each visible token and the global token.
+    encoder = sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder."))
+    assert per_sample > 6 * encoder * (model.num_visible + 1)
+    assert per_sample < 20 * 6 * encoder * (model.num_visible + 1)  # decoders included
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert peak_tflops(cfg, cpu) == 0.0  # no MFU on a CPU unless told the peak
+    assert peak_tflops(cfg.model_copy(update={"peak_tflops": 2.5}), cpu) == 2.5

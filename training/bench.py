@@ -13,10 +13,20 @@ from memory (synthetic: no data loading at all). So one run gives two ratios:
 Each rate times `steps` steps after `warmup` untimed ones, between barriers, so it is
 the slowest rank's rate. Every worker uses the same number of intra-op threads (cores ÷
 workers) in both loops: Ray's default, made explicit for the plain one.
+
+Model FLOPs utilisation: before timing, each worker counts the FLOPs of one training step
+(forward, loss and backward, as `torch.utils.flop_counter` counts matmuls, convolutions
+and attention) on a copy of the model, per sample. With a device peak (`--peak-tflops`,
+or the bf16 dense peak of a known GPU) the bench reports
+
+    mfu = Ray Train samples/s (real data) x FLOPs per sample ÷ (workers x peak FLOP/s)
+
+and, on any device, the achieved TFLOP/s per worker.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -35,6 +45,7 @@ from pydantic import Field
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ingest.parallel import init_ray
 from training.config import PretrainConfig
@@ -43,6 +54,9 @@ from training.multimae import MultiMAE
 from training.pretrain import check_data, shards_of
 
 RATES = "rates.json"
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by a part of the name torch reports;
+# the first match wins. What MFU divides by when --peak-tflops is not given.
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0}
 
 
 class TrainBenchConfig(PretrainConfig):
@@ -51,6 +65,37 @@ class TrainBenchConfig(PretrainConfig):
     steps: int = Field(20, ge=1, description="Timed steps per phase.")
     warmup: int = Field(3, ge=0, description="Untimed steps before each phase.")
     repeats: int = Field(3, ge=1, description="Repeats of (Ray Train, plain DDP); medians.")
+    peak_tflops: float | None = Field(
+        None, gt=0,
+        description="Peak TFLOP/s of one worker's device, for MFU (default: the bf16 dense "
+        "peak of a known GPU; none on CPU).",
+    )  # fmt: skip
+
+
+def peak_tflops(cfg: TrainBenchConfig, device: torch.device) -> float:
+    """The peak MFU divides by: the config's, a known GPU's bf16 peak, else 0 (unknown)."""
+    if cfg.peak_tflops is not None:
+        return cfg.peak_tflops
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
+    return 0.0
+
+
+def step_flops(model: nn.Module, batch: dict[str, Any], cfg: TrainBenchConfig,
+               device: torch.device) -> float:  # fmt: skip
+    """FLOPs per sample of one training step (forward, loss, backward) on `batch`.
+
+    Counted on a copy of the model with a zero-rate optimiser, so nothing the timed steps
+    see changes (SoftCon's target encoder moves in the forward pass).
+    """
+    scratch = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(scratch.parameters(), lr=0.0)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        samples = train_step(scratch, optimizer, batch, cfg, step_generator(cfg.seed, 0, 0),
+                             device, autocast_for(cfg, device))[2]  # fmt: skip
+    return float(counter.get_total_flops()) / samples
 
 
 def _threads(world: int) -> int:
@@ -96,7 +141,9 @@ def measure(cfg: TrainBenchConfig, rank: int, world: int, device: torch.device,
 
     real = phase(loader, keep=True)
     synthetic = phase(kept, keep=False)
-    return {"real": real, "synthetic": synthetic}
+    flops = step_flops(model, kept[0], cfg, device)
+    return {"real": real, "synthetic": synthetic, "flops_per_sample": flops,
+            "peak_tflops": peak_tflops(cfg, device)}  # fmt: skip
 
 
 def _ray_worker(config: dict[str, Any]) -> None:
@@ -182,15 +229,21 @@ def bench_train(cfg: TrainBenchConfig, log: Any = print) -> list[dict[str, float
             "ray_synthetic": ray_rates["synthetic"],
             "plain_real": plain_rates["real"],
             "plain_synthetic": plain_rates["synthetic"],
+            "flops_per_sample": ray_rates["flops_per_sample"],
+            "peak_tflops": ray_rates["peak_tflops"],
         }
-        log(f"repeat {r + 1}/{cfg.repeats}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()))
+        row["tflops_per_worker"] = row["ray_real"] * row["flops_per_sample"] / cfg.workers / 1e12
+        log(f"repeat {r + 1}/{cfg.repeats}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
         rows.append(row)
     return rows
 
 
 def train_ratios(row: dict[str, float]) -> dict[str, float]:
-    """The benchmark's two figures from one repeat's rates."""
-    return {
+    """The benchmark's figures from one repeat's rates (MFU where the peak is known)."""
+    figures = {
         "ray_vs_plain": row["ray_real"] / row["plain_real"],
         "data_stall": 1 - row["ray_real"] / row["ray_synthetic"],
     }
+    if row["peak_tflops"] > 0:
+        figures["mfu"] = row["tflops_per_worker"] / row["peak_tflops"]
+    return figures
