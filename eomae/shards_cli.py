@@ -12,10 +12,10 @@ from rich.table import Table
 
 from eomae.config import Command
 from shards.config import SPLITS, ShardConfig
+from shards.manifest import Manifest
 from shards.modalities import MODALITIES, VALID
 from shards.preview import describe, preview
 from shards.run import run_shard
-from shards.sample import array_bytes
 from shards.verify import verify
 
 console = Console(stderr=True)
@@ -38,10 +38,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
             str(len(entries)),
             f"{sum(s['bytes'] for s in entries) / 1e6:.1f}",
         )
-    samples = sum(s["samples"] for s in summary["shards"])
-    size = sum(s["bytes"] + s.get("index_bytes", 0) for s in summary["shards"])
-    raw = samples * sum(array_bytes(summary["chip_size"]).values())
-    table.add_row("bytes / raw arrays", "", "", f"{size / max(raw, 1):.3f}")
+    ratio = Manifest.model_validate(summary).sizes()["bytes_ratio"]
+    table.add_row("bytes / raw arrays", "", "", f"{ratio:.3f}")
     for reason, n in summary["dropped"].items():
         table.add_row(f"chips: {reason}", str(n), "", "")
     for key in ("plan_s", "write_s", "stats_s", "elapsed_s"):

@@ -24,7 +24,7 @@ from typing import Any
 import fsspec
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards import sample, tar
+from shards import tar
 from shards.config import join_url
 from shards.loader import ShardStream, _as_is, _Skips, make_loader
 from shards.manifest import read_manifest
@@ -83,12 +83,7 @@ def _rate(batches: Iterator[Sample]) -> tuple[float, float, int]:
 
 def size_ratio(shards_url: str) -> dict[str, float]:
     """Shard bytes (tars and their indexes) ÷ in-memory bytes of their arrays (all splits)."""
-    manifest = read_manifest(shards_url)
-    raw = manifest.samples() * sum(sample.array_bytes(manifest.chip_size).values())
-    tars = sum(e.bytes for e in manifest.shards)
-    index = sum(e.index_bytes for e in manifest.shards)
-    return {"shard_bytes": tars + index, "index_bytes": index, "array_bytes": raw,
-            "bytes_ratio": (tars + index) / raw}  # fmt: skip
+    return read_manifest(shards_url).sizes()
 
 
 def bench_loader(

@@ -19,6 +19,7 @@ import fsspec
 from pydantic import BaseModel, ValidationError
 
 from shards.config import SPLITS, join_url
+from shards.sample import array_bytes
 
 MANIFEST = "manifest.json"
 STATS = "stats.json"
@@ -63,6 +64,14 @@ class Manifest(BaseModel):
     def samples(self, split: str | None = None) -> int:
         """Number of samples in a split (or in all)."""
         return sum(s.samples for s in self.shards if split in (None, s.split))
+
+    def sizes(self) -> dict[str, float]:
+        """Bytes stored (tars and their indexes) against the in-memory bytes of the arrays."""
+        raw = self.samples() * sum(array_bytes(self.chip_size).values())
+        tars = sum(e.bytes for e in self.shards)
+        index = sum(e.index_bytes for e in self.shards)
+        return {"shard_bytes": tars + index, "index_bytes": index, "array_bytes": raw,
+                "bytes_ratio": (tars + index) / max(raw, 1)}  # fmt: skip
 
 
 def write_json(url: str, data: Any) -> None:

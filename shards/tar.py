@@ -15,11 +15,12 @@ TarError, which the loader counts and skips like any other corrupt shard data.
 
 The index: `build_index` records where each sample's members lie in a tar, and
 `shards.run` writes it beside each shard (`NAME.tar.idx`, JSON). With it,
-`indexed_samples` reads a sample as one contiguous read and slices its members out of
-it: no headers, no per-member reads. That is what makes the loader keep up with decoding
-from memory at 64 px (docs/benchmarks.md). The index holds the tar's size, so an index
-left beside a rewritten shard is refused (`parse_index`) and the tar is read by its
-headers instead; plain WebDataset readers ignore the file.
+`indexed_samples` hands out each member as a view: of the memory-mapped file for a local
+shard, of one read per sample otherwise; no headers, no per-member reads. That is what
+makes the loader keep up with decoding from memory at 64 px (docs/benchmarks.md). The
+index holds the tar's size, so an index left beside a rewritten shard is refused
+(`parse_index`) and the tar is read by its headers instead; plain WebDataset readers
+ignore the file.
 """
 
 from __future__ import annotations
