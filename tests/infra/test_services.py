@@ -382,7 +382,11 @@ def test_restart_reuses_the_cluster_and_stop_leaves_nothing_running(
     assert "postgres.initdb" not in warm, "the existing cluster should be reused"
     assert local_services.load_result is not None and local_services.load_result.skipped
     assert local_services.stac_url == stac_url
-    assert warm["total"] < cold["total"], (warm, cold)
+    # What reuse saves is the cluster's creation, migration and the world's load; the
+    # total is mostly uvicorn's boot on both sides and, on two busy cores, compares by
+    # chance (it failed once in CI at 2.71 s warm against 2.66 s cold).
+    reused = ("postgres.initdb", "postgres.migrate", "load_world")
+    assert sum(warm.get(k, 0) for k in reused) < 0.5 * sum(cold[k] for k in reused), (warm, cold)
     assert warm["total"] < 30
     landing = requests.get(stac_url, timeout=10)
     assert landing.status_code == 200
