@@ -31,7 +31,12 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from eomae.bench_cli import BenchCommand
-from eomae.config import ConfigFileError, describe_validation_error, expand_config
+from eomae.config import (
+    ConfigFileError,
+    attach_negative_values,
+    describe_validation_error,
+    expand_config,
+)
 from eomae.evaluation_cli import EvaluateCommand
 from eomae.ingest_cli import (
     IngestCommand,
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry chatter hides our errors
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        CliApp.run(Eomae, cli_args=expand_config(args))
+        CliApp.run(Eomae, cli_args=attach_negative_values(expand_config(args)))
     except ValidationError as e:
         console.print(f"[red]error:[/red] invalid arguments\n{describe_validation_error(e)}")
         return 2

@@ -8,6 +8,7 @@ keeps the last value). Unknown keys fail like unknown flags.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,28 @@ def expand_config(argv: list[str]) -> list[str]:
         flags = [f for key, value in load_yaml(Path(path)).items() for f in _flags(str(key), value)]
         return rest[:1] + flags + rest[1:]  # after the subcommand, before typed flags
     return argv
+
+
+# A value that starts like a negative number: -149,60,-146,62 or -0.5.
+_NEGATIVE_VALUE = re.compile(r"-\.?\d")
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """Write `--flag -149,60,-146,62` as `--flag=-149,60,-146,62`.
+
+    argparse takes a value starting with "-" for a flag unless it is one plain negative
+    number, so every western-hemisphere or southern box typed as the README shows would
+    fail with "expected one argument".
+    """
+    out: list[str] = []
+    for arg in argv:
+        previous = out[-1] if out else ""
+        if (_NEGATIVE_VALUE.match(arg) and previous.startswith("--") and "=" not in previous
+                and len(previous) > 2):  # fmt: skip
+            out[-1] = f"{previous}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def describe_validation_error(e: ValidationError) -> str:

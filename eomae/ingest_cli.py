@@ -18,7 +18,7 @@ from rich.table import Table
 from eomae.config import Command
 from infra.services import LocalServices
 from infra.world import WorldConfig, generate_world
-from ingest.catalog import PLANETARY_COMPUTER, open_catalog, search_items
+from ingest.catalog import PLANETARY_COMPUTER, open_catalog
 from ingest.config import BBox, IngestConfig, check_bbox
 from ingest.run import UnitResult, run_ingest
 from ingest.sources import sentinel2
@@ -99,10 +99,9 @@ class SearchCommand(Command):
 
     def cli_cmd(self) -> None:
         """Run the search and print a table of the items."""
-        client = open_catalog(self.catalog)
+        catalog = open_catalog(self.catalog)
         sortby = "eo:cloud_cover" if self.collection == sentinel2.COLLECTION else None
-        items = search_items(
-            client,
+        items = catalog.search(
             self.collection,
             bbox=self.bbox,
             datetime=self.datetime,
@@ -110,7 +109,7 @@ class SearchCommand(Command):
             sortby=sortby,
             limit=self.limit,
         )
-        print_items(items, title=f"{self.collection} @ {client.self_href}")
+        print_items(items, title=f"{self.collection} @ {catalog.url}")
 
 
 class IngestCommand(IngestConfig, Command):

@@ -46,49 +46,71 @@ def catalog_url(catalog: str) -> str:
     return PLANETARY_COMPUTER_URL if catalog == PLANETARY_COMPUTER else catalog
 
 
-def open_catalog(catalog: str) -> pystac_client.Client:
+class Catalog:
+    """A STAC API opened once: searches follow every page; its collections are listed once.
+
+    Planetary Computer's /collections document describes every collection it has, so it
+    is fetched on the first search only, not before each one.
+    """
+
+    def __init__(self, client: pystac_client.Client) -> None:
+        self.client = client
+        self._collections: frozenset[str] | None = None
+
+    @property
+    def url(self) -> str:
+        """The API's root URL."""
+        return str(self.client.self_href)
+
+    def collections(self) -> frozenset[str]:
+        """Ids of the collections the API serves (one request, then remembered)."""
+        if self._collections is None:
+            try:
+                self._collections = frozenset(c.id for c in self.client.get_collections())
+            except APIError as e:
+                raise CatalogError(f"cannot list the collections of {self.url}: {e}") from e
+        return self._collections
+
+    def search(
+        self,
+        collection: str,
+        *,
+        bbox: Sequence[float] | None = None,
+        datetime: str | None = None,
+        max_cloud_cover: float | None = None,
+        sortby: str | None = None,
+        limit: int = 100,
+    ) -> list[pystac.Item]:
+        """All items of `collection` matching the filters, following every result page."""
+        if collection not in self.collections():
+            raise CatalogError(
+                f"collection {collection!r} not in {self.url}; it has: {sorted(self.collections())}"
+            )
+        kwargs: dict[str, Any] = {"collections": [collection], "limit": limit}
+        if bbox is not None:
+            kwargs["bbox"] = list(bbox)
+        if datetime is not None:
+            kwargs["datetime"] = datetime
+        if max_cloud_cover is not None:
+            kwargs["query"] = {"eo:cloud_cover": {"lte": max_cloud_cover}}
+        if sortby is not None:
+            kwargs["sortby"] = sortby
+        try:
+            with warnings.catch_warnings():
+                # stac-fastapi announces sort as STAC API 1.1; pystac-client knows 1.0's URI.
+                warnings.simplefilter("ignore", DoesNotConformTo)
+                return list(self.client.search(**kwargs).items())
+        except APIError as e:
+            raise CatalogError(f"search of {collection!r} failed: {e}") from e
+
+
+def open_catalog(catalog: str) -> Catalog:
     """Open a STAC API; fail with a message naming the URL when it cannot be reached."""
     url = catalog_url(catalog)
     try:
-        return pystac_client.Client.open(
+        client = pystac_client.Client.open(
             url, stac_io=StacApiIO(max_retries=RETRY), timeout=TIMEOUT_S
         )
     except (APIError, OSError, ValueError, pystac.STACError) as e:
         raise CatalogError(f"cannot open STAC API {url}: {e}") from e
-
-
-def search_items(
-    client: pystac_client.Client,
-    collection: str,
-    *,
-    bbox: Sequence[float] | None = None,
-    datetime: str | None = None,
-    max_cloud_cover: float | None = None,
-    sortby: str | None = None,
-    limit: int = 100,
-) -> list[pystac.Item]:
-    """All items of `collection` matching the filters, following every result page."""
-    try:
-        known = {c.id for c in client.get_collections()}
-    except APIError as e:
-        raise CatalogError(f"cannot list the collections of {client.self_href}: {e}") from e
-    if collection not in known:
-        raise CatalogError(
-            f"collection {collection!r} not in {client.self_href}; it has: {sorted(known)}"
-        )
-    kwargs: dict[str, Any] = {"collections": [collection], "limit": limit}
-    if bbox is not None:
-        kwargs["bbox"] = list(bbox)
-    if datetime is not None:
-        kwargs["datetime"] = datetime
-    if max_cloud_cover is not None:
-        kwargs["query"] = {"eo:cloud_cover": {"lte": max_cloud_cover}}
-    if sortby is not None:
-        kwargs["sortby"] = sortby
-    try:
-        with warnings.catch_warnings():
-            # stac-fastapi announces sort as STAC API 1.1; pystac-client only knows 1.0's URI.
-            warnings.simplefilter("ignore", DoesNotConformTo)
-            return list(client.search(**kwargs).items())
-    except APIError as e:
-        raise CatalogError(f"search of {collection!r} failed: {e}") from e
+    return Catalog(client)

@@ -8,24 +8,36 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from shapely.geometry import box, shape
+from shapely.geometry import MultiPolygon, box, shape
 from shapely.geometry.base import BaseGeometry
 
 from ingest.catalog import PLANETARY_COMPUTER
+from ingest.sources import worldcover
 
 BBox = tuple[float, float, float, float]
 
 
 def check_bbox(bbox: BBox) -> BBox:
-    """Raise ValueError naming the box unless it is a valid west,south,east,north box."""
+    """Raise ValueError naming the box unless it is a valid west,south,east,north box.
+
+    West > east is a box that crosses the antimeridian (STAC API and GeoJSON convention).
+    """
     w, s, e, n = bbox
     if not (-180 <= w <= 180 and -180 <= e <= 180):
         raise ValueError(f"longitude out of [-180, 180] in {bbox}")
     if not (-90 <= s <= 90 and -90 <= n <= 90):
         raise ValueError(f"latitude out of [-90, 90] in {bbox}")
-    if not (w < e and s < n):
-        raise ValueError(f"need west < east and south < north in {bbox}")
+    if not (w != e and s < n):
+        raise ValueError(f"need west != east and south < north in {bbox}")
     return bbox
+
+
+def bbox_geometry(bbox: BBox) -> BaseGeometry:
+    """The box as a lon/lat geometry: split at 180° when it crosses the antimeridian."""
+    w, s, e, n = bbox
+    if w < e:
+        return box(w, s, e, n)
+    return MultiPolygon([box(w, s, 180.0, n), box(-180.0, s, e, n)])
 
 
 class IngestConfig(BaseModel):
@@ -58,6 +70,11 @@ class IngestConfig(BaseModel):
     run_dir: str = Field("runs/ingest", description="Output run directory (path or fsspec URL).")
     address: str | None = Field(
         None, description="Ray cluster address; default: $RAY_ADDRESS or a local Ray."
+    )
+    worldcover_version: worldcover.Version = Field(
+        worldcover.LATEST,
+        description="Which ESA WorldCover map: v100 (2020) or v200 (2021); one per run, "
+        "never mixed.",
     )
     max_concurrent_units: int = Field(
         4, ge=1, le=1024, description="Units (tile x date) processed at once."
@@ -95,12 +112,16 @@ class IngestConfig(BaseModel):
 
     @property
     def datetime(self) -> str:
-        """The date range as a STAC datetime interval."""
-        return f"{self.start}T00:00:00Z/{self.end}T23:59:59Z"
+        """The date range as a STAC datetime interval, each end day included whole.
+
+        Real item datetimes carry fractions of a second (23:59:59.024), which an end
+        bound of 23:59:59 would drop.
+        """
+        return f"{self.start}T00:00:00Z/{self.end}T23:59:59.999999Z"
 
     def aois(self) -> list[BaseGeometry]:
-        """AOI geometries in EPSG:4326."""
-        geoms: list[BaseGeometry] = [box(*b) for b in self.bbox]
+        """AOI geometries in EPSG:4326, each planned on its own; boxes crossing 180° split."""
+        geoms: list[BaseGeometry] = [bbox_geometry(b) for b in self.bbox]
         if self.aoi_file is not None:
             data = json.loads(Path(self.aoi_file).read_text())
             features = data.get("features", [data]) if data.get("type") != "Feature" else [data]

@@ -28,6 +28,8 @@ from zarr.storage import FsspecStore
 from ingest.grid import RESOLUTION_M, Grid
 
 CUBE_NAME = "cube.zarr"
+# Bits of a unit's `coverage` array (uint8): which sources have data at each pixel.
+COVERAGE_BITS: dict[str, int] = {"s2": 1, "dem": 2, "lc": 4}
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 

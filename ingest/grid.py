@@ -1,4 +1,8 @@
-"""The target grid of a unit: the tile's UTM CRS at 10 m, clipped to the AOI, on the chip grid."""
+"""The target grid of a unit: the tile's UTM CRS at 10 m, clipped to the AOI, on the chip grid.
+
+Also where a grid lies in lon/lat (`lonlat_footprint`), which is what the catalog is
+searched with: densified so its edges stay true, split at 180° where it crosses it.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,16 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import shapely
 from affine import Affine
+from pyproj import Transformer
 from rasterio.warp import transform_bounds
+from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
 RESOLUTION_M = 10
+FOOTPRINT_POINTS_PER_EDGE = 32  # a UTM edge is curved in lon/lat; 32 points keep it within ~1 m
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,23 @@ class Grid:
             self.top,
         )
 
+    def footprint(self) -> BaseGeometry:
+        """Where the grid lies in lon/lat (EPSG:4326), see `lonlat_footprint`."""
+        return lonlat_footprint(self.epsg, self.bounds)
+
+    def overlaps(self, other: Grid) -> bool:
+        """Whether the two grids share a pixel (same CRS only)."""
+        a, b = self.bounds, other.bounds
+        return self.epsg == other.epsg and a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    def union(self, other: Grid) -> Grid:
+        """The smallest grid holding both (same CRS); chip-aligned when both are."""
+        a, b = self.bounds, other.bounds
+        left, bottom = min(a[0], b[0]), min(a[1], b[1])
+        right, top = max(a[2], b[2]), max(a[3], b[3])
+        return Grid(self.epsg, left, top, round((right - left) / RESOLUTION_M),
+                    round((top - bottom) / RESOLUTION_M))  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for the plan."""
         return {"epsg": self.epsg, "left": self.left, "top": self.top,
@@ -55,13 +81,16 @@ def chip_grid(
     aoi: BaseGeometry,
     chip_size: int,
 ) -> Grid | None:
-    """Whole chips inside both the tile and the AOI's bounding box; None if there are none.
+    """Whole chips inside both the tile and the AOI's UTM envelope; None if there are none.
 
     Chip edges are multiples of `chip_size * 10 m` in the CRS, so a chip's id (its CRS and
     origin) does not depend on the AOI, the tile or the run.
     """
     extent = chip_size * RESOLUTION_M
-    aoi_bounds = transform_bounds("EPSG:4326", f"EPSG:{epsg}", *aoi.bounds, densify_pts=21)
+    parts = [transform_bounds("EPSG:4326", f"EPSG:{epsg}", *part.bounds, densify_pts=21)
+             for part in getattr(aoi, "geoms", [aoi])]  # an AOI split at 180° has two  # fmt: skip
+    aoi_bounds = (min(b[0] for b in parts), min(b[1] for b in parts),
+                  max(b[2] for b in parts), max(b[3] for b in parts))  # fmt: skip
     left = max(tile_bounds[0], aoi_bounds[0])
     bottom = max(tile_bounds[1], aoi_bounds[1])
     right = min(tile_bounds[2], aoi_bounds[2])
@@ -73,3 +102,27 @@ def chip_grid(
     width = round((right - left) / RESOLUTION_M)
     height = round((top - bottom) / RESOLUTION_M)
     return Grid(epsg, float(left), float(top), width, height)
+
+
+def lonlat_footprint(epsg: int, bounds: tuple[float, float, float, float]) -> BaseGeometry:
+    """The outline of a box of a projected CRS in lon/lat, densified.
+
+    A footprint that crosses the antimeridian comes back as a MultiPolygon split at ±180°
+    (the GeoJSON and STAC convention), so it intersects items on both sides.
+    """
+    left, bottom, right, top = bounds
+    step = max(right - left, top - bottom) / FOOTPRINT_POINTS_PER_EDGE
+    outline = box(left, bottom, right, top).segmentize(step)
+    to_lonlat = Transformer.from_crs(epsg, 4326, always_xy=True)
+    ring = shapely.transform(outline, lambda xy: np.column_stack(to_lonlat.transform(*xy.T)))
+    lons = [x for x, _ in ring.exterior.coords]
+    if max(lons) - min(lons) <= 180:
+        return ring
+    # Crosses 180°: unwrap to [0, 360), then cut at 180 and shift the east part back.
+    unwrapped = Polygon([(x % 360, y) for x, y in ring.exterior.coords])
+    west = unwrapped.intersection(box(0, -90, 180, 90))
+    east = shapely.transform(
+        unwrapped.intersection(box(180, -90, 360, 90)), lambda xy: xy - [360.0, 0.0]
+    )
+    parts = [g for g in (west, east) if not g.is_empty]
+    return MultiPolygon([p for g in parts for p in getattr(g, "geoms", [g])])

@@ -3,23 +3,30 @@
 Which scenes of which tiles, with which DEM and land-cover items, on which grid. The plan
 is written to the run directory before any raster is read, so a re-run executes exactly
 the same units.
+
+Each AOI is planned on its own: per MGRS tile it gets its own grid (the tile ∩ the AOI's
+UTM envelope, on the chip grid); grids of one tile that overlap are merged, so no chip is
+ingested twice. A unit is one scene on one grid. Scenes are ranked by the clear share
+they show of that grid, and DEM and land cover are searched with the grid's own
+footprint, so every pixel of the grid has them when the catalog does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-import pystac_client
-from shapely.geometry import box, shape
-from shapely.ops import unary_union
+from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
 
-from ingest.catalog import CatalogError, search_items
+from ingest.catalog import Catalog, CatalogError
 from ingest.config import IngestConfig
-from ingest.grid import Grid, chip_grid
+from ingest.grid import Grid, chip_grid, lonlat_footprint
 from ingest.sources import dem, sentinel2, worldcover
 
 
@@ -29,7 +36,7 @@ class NothingMatched(CatalogError):
 
 @dataclass(frozen=True)
 class Unit:
-    """One tile x date: the S2 item, the DEM and WorldCover items covering it, the grid."""
+    """One scene on one grid: the S2 item, the DEM and WorldCover items covering the grid."""
 
     unit_id: str
     mgrs_tile: str
@@ -42,6 +49,8 @@ class Unit:
     dem_items: list[str] = field(default_factory=list)
     lc_hrefs: list[str] = field(default_factory=list)
     lc_items: list[str] = field(default_factory=list)
+    worldcover_version: str = worldcover.LATEST
+    usable_share: float = 1.0  # of the grid, expected clear (sentinel2.usable_share)
 
     @property
     def target(self) -> Grid:
@@ -54,9 +63,19 @@ def _season(when: str) -> int:
     return (month % 12) // 3  # DJF, MAM, JJA, SON
 
 
-def pick_scenes(items: list[dict], n: int, spread_seasons: bool) -> list[dict]:
-    """The `n` least cloudy scenes; with `spread_seasons`, one per season in turn first."""
-    ranked = sorted(items, key=lambda i: (i["properties"]["eo:cloud_cover"], i["id"]))
+def pick_scenes(
+    items: list[dict], n: int, spread_seasons: bool, footprint: BaseGeometry | None = None
+) -> list[dict]:
+    """The `n` scenes showing most of `footprint` clear; with `spread_seasons`, one per
+    season in turn first. Ties go to the less cloudy scene, then the id."""
+    ranked = sorted(
+        items,
+        key=lambda i: (
+            -round(sentinel2.usable_share(i, footprint), 6),
+            i["properties"].get("eo:cloud_cover") or 0.0,
+            i["id"],
+        ),
+    )
     if not spread_seasons:
         return ranked[:n]
     by_season: dict[int, list[dict]] = defaultdict(list)
@@ -70,23 +89,96 @@ def pick_scenes(items: list[dict], n: int, spread_seasons: bool) -> list[dict]:
     return picked
 
 
-def make_plan(cfg: IngestConfig, client: pystac_client.Client) -> list[Unit]:
-    """Search, group by MGRS tile, pick scenes, find covering DEM and land-cover items."""
-    aoi = unary_union(cfg.aois())
-    found = search_items(
-        client,
-        sentinel2.COLLECTION,
-        bbox=aoi.bounds,
-        datetime=cfg.datetime,
-        max_cloud_cover=cfg.max_cloud_cover,
-        sortby="eo:cloud_cover",
-    )
-    scenes = [i.to_dict(transform_hrefs=False) for i in found]
-    scenes = [s for s in scenes if shape(s["geometry"]).intersects(aoi)]
+def latest_processing(items: list[dict]) -> list[dict]:
+    """One item per acquisition: of products reprocessed under several baselines, the newest."""
+    best: dict[tuple[str, str, str, int], dict] = {}
+    for item in items:
+        props = item["properties"]
+        key = (props["s2:mgrs_tile"], props["datetime"][:19], sentinel2.platform_code(item),
+               sentinel2.relative_orbit(item))  # fmt: skip
+        rank = (sentinel2.baseline_key(props.get("s2:processing_baseline", "")), item["id"])
+        if key not in best or rank > _rank(best[key]):
+            best[key] = item
+    return sorted(best.values(), key=lambda i: i["id"])
+
+
+def _rank(item: dict) -> tuple[tuple[int, ...], str]:
+    baseline = item["properties"].get("s2:processing_baseline", "")
+    return sentinel2.baseline_key(baseline), item["id"]
+
+
+def unit_id(item: dict, grid: Grid | None = None) -> str:
+    """TILE_SENSINGTIME_PLATFORM_RORBIT, plus a tag of the grid when a tile has several.
+
+    Unique: two relative orbits of one satellite over one tile on one day (common at high
+    latitude) differ in sensing time and orbit. Stable: made of the item and the grid only.
+    """
+    props = item["properties"]
+    sensed = props["datetime"][:19].replace("-", "").replace(":", "")  # 20210315T102031
+    base = (f"{props['s2:mgrs_tile']}_{sensed}_{sentinel2.platform_code(item)}"
+            f"_R{sentinel2.relative_orbit(item):03d}")  # fmt: skip
+    if grid is None:
+        return base
+    tag = hashlib.sha1(json.dumps(grid.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
+    return f"{base}_{tag}"
+
+
+def tile_frame(items: list[dict]) -> tuple[int, tuple[float, float, float, float]]:
+    """The tile's CRS and bounds, as most of its items state them."""
+    votes = Counter((sentinel2.item_epsg(i), sentinel2.tile_bounds(i)) for i in items)
+    return votes.most_common(1)[0][0]
+
+
+def tile_grids(
+    epsg: int,
+    bounds: tuple[float, float, float, float],
+    aois: list[BaseGeometry],
+    chip_size: int,
+) -> list[Grid]:
+    """One grid per AOI that touches the tile; grids that overlap are merged into one."""
+    tile = lonlat_footprint(epsg, bounds)
+    pending = [g for a in aois if a.intersects(tile)
+               if (g := chip_grid(epsg, bounds, a, chip_size)) is not None]  # fmt: skip
+    merged: list[Grid] = []
+    while pending:
+        grid = pending.pop()
+        hit = next((m for m in merged if m.overlaps(grid)), None)
+        if hit is None:
+            merged.append(grid)
+        else:
+            merged.remove(hit)
+            pending.append(hit.union(grid))
+    return sorted(merged, key=lambda g: (-g.top, g.left))
+
+
+def _parts(geometry: BaseGeometry) -> list[BaseGeometry]:
+    return list(getattr(geometry, "geoms", [geometry]))
+
+
+def search_scenes(cfg: IngestConfig, catalog: Catalog, aois: list[BaseGeometry]) -> list[dict]:
+    """S2 items touching any AOI, searched AOI by AOI (never one box around all of them)."""
+    found: dict[str, dict] = {}
+    for aoi in (part for a in aois for part in _parts(a)):
+        for item in catalog.search(
+            sentinel2.COLLECTION,
+            bbox=aoi.bounds,
+            datetime=cfg.datetime,
+            max_cloud_cover=cfg.max_cloud_cover,
+            sortby="eo:cloud_cover",
+        ):
+            if item.id not in found and shape(item.geometry).intersects(aoi):
+                found[item.id] = item.to_dict(transform_hrefs=False)
+    return latest_processing(list(found.values()))
+
+
+def make_plan(cfg: IngestConfig, catalog: Catalog) -> list[Unit]:
+    """Search per AOI, group by MGRS tile, pick scenes per grid, find its DEM and land cover."""
+    aois = cfg.aois()
+    scenes = search_scenes(cfg, catalog, aois)
     if not scenes:
         raise NothingMatched(
-            f"nothing matched: {sentinel2.COLLECTION} at {client.self_href} with "
-            f"bbox={list(aoi.bounds)}, datetime={cfg.datetime}, "
+            f"nothing matched: {sentinel2.COLLECTION} at {catalog.url} with "
+            f"bbox={' '.join(str(list(p.bounds)) for a in aois for p in _parts(a))}, datetime={cfg.datetime}, "
             f"eo:cloud_cover <= {cfg.max_cloud_cover}"
         )
     by_tile: dict[str, list[dict]] = defaultdict(list)
@@ -95,46 +187,60 @@ def make_plan(cfg: IngestConfig, client: pystac_client.Client) -> list[Unit]:
 
     units = []
     for tile, items in sorted(by_tile.items()):
-        chosen = pick_scenes(items, cfg.scenes_per_tile, cfg.spread_seasons)
-        first = chosen[0]
-        grid = chip_grid(
-            sentinel2.item_epsg(first), sentinel2.tile_bounds(first), aoi, cfg.chip_size
-        )
-        if grid is None:
-            continue  # the AOI touches this tile by less than one chip
-        footprint = shape(first["geometry"]).intersection(box(*aoi.bounds))
-        dems = _covering(client, dem.COLLECTION, dem.ASSET, footprint)
-        lcs = _covering(client, worldcover.COLLECTION, worldcover.ASSET, footprint)
-        for item in chosen:
-            when = item["properties"]["datetime"]
-            units.append(
-                Unit(
-                    unit_id=f"{tile}_{when[:10].replace('-', '')}_{item['id'][:3]}",
-                    mgrs_tile=tile,
-                    datetime=when,
-                    baseline=item["properties"].get("s2:processing_baseline", "00.00"),
-                    cloud_cover=float(item["properties"]["eo:cloud_cover"]),
-                    grid=grid.to_dict(),
-                    s2_item=item,
-                    dem_hrefs=[h for _, h in dems],
-                    dem_items=[i for i, _ in dems],
-                    lc_hrefs=[h for _, h in lcs],
-                    lc_items=[i for i, _ in lcs],
+        epsg, bounds = tile_frame(items)
+        grids = tile_grids(epsg, bounds, aois, cfg.chip_size)
+        for grid in grids:
+            footprint = grid.footprint()
+            seen = [i for i in items if shape(i["geometry"]).intersects(footprint)]
+            chosen = pick_scenes(seen, cfg.scenes_per_tile, cfg.spread_seasons, footprint)
+            if not chosen:
+                continue
+            dems = covering(catalog, dem.COLLECTION, dem.ASSET, footprint)
+            lcs = covering(
+                catalog, worldcover.COLLECTION, worldcover.ASSET, footprint,
+                lambda i: worldcover.item_version(i) == cfg.worldcover_version,
+            )  # fmt: skip
+            for item in chosen:
+                units.append(
+                    Unit(
+                        unit_id=unit_id(item, grid if len(grids) > 1 else None),
+                        mgrs_tile=tile,
+                        datetime=item["properties"]["datetime"],
+                        baseline=item["properties"].get("s2:processing_baseline", "00.00"),
+                        cloud_cover=float(item["properties"].get("eo:cloud_cover") or 0.0),
+                        grid=grid.to_dict(),
+                        s2_item=item,
+                        dem_hrefs=[h for _, h in dems],
+                        dem_items=[i for i, _ in dems],
+                        lc_hrefs=[h for _, h in lcs],
+                        lc_items=[i for i, _ in lcs],
+                        worldcover_version=cfg.worldcover_version,
+                        usable_share=round(sentinel2.usable_share(item, footprint), 6),
+                    )
                 )
-            )
     return units
 
 
-def _covering(
-    client: pystac_client.Client, collection: str, asset: str, footprint: Any
+def covering(
+    catalog: Catalog,
+    collection: str,
+    asset: str,
+    footprint: BaseGeometry,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
 ) -> list[tuple[str, str]]:
-    """(item id, href) of the items of `collection` that intersect the footprint."""
-    items = search_items(client, collection, bbox=footprint.bounds)
-    return [
-        (i.id, i.assets[asset].href)
-        for i in items
-        if asset in i.assets and shape(i.geometry).intersects(footprint)
-    ]
+    """(item id, href) of the items of `collection` whose geometry meets `footprint`.
+
+    Searched part by part (a footprint split at 180° has two), sorted by id. `keep`
+    (an item dict -> bool) filters them, e.g. to one WorldCover version.
+    """
+    found: dict[str, str] = {}
+    for part in _parts(footprint):
+        for item in catalog.search(collection, bbox=part.bounds):
+            if asset not in item.assets or not shape(item.geometry).intersects(part):
+                continue
+            if keep is None or keep(item.to_dict(transform_hrefs=False)):
+                found[item.id] = item.assets[asset].href
+    return sorted(found.items())
 
 
 def plan_to_json(units: list[Unit], cfg: IngestConfig) -> str:

@@ -14,7 +14,6 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
-import planetary_computer
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
@@ -27,6 +26,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from ingest import signing
 from ingest.grid import Grid
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,11 @@ def redact(text: str) -> str:
 
 
 def sign(href: str) -> str:
-    """Sign a Planetary Computer blob href just before use; other hrefs pass through."""
-    return str(planetary_computer.sign(href))
+    """Sign a Planetary Computer blob href just before use; other hrefs pass through.
+
+    Raises signing.TokenError (not a ReadError: it is no fault of this raster).
+    """
+    return signing.sign(href)
 
 
 def _transient(e: BaseException) -> bool:
@@ -203,7 +206,7 @@ def read_into_grid(
             if not _forbidden(e):
                 raise
             log.info("403 on %s: re-signing once", redact(href))
-            planetary_computer.sas.TOKEN_CACHE.clear()  # type: ignore[attr-defined]
+            signing.invalidate(href)
             signed = sign(href)
             _forget(signed)  # an unchanged URL (not PC's) would hit GDAL's cached failure
             return _read_once(signed, grid, resampling, nodata, dtype)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ingest.catalog import open_catalog
 from ingest.config import IngestConfig
-from ingest.cube import CUBE_NAME, is_complete, open_cube, write_unit
+from ingest.cube import COVERAGE_BITS, CUBE_NAME, is_complete, open_cube, write_unit
 from ingest.parallel import imap_unordered
 from ingest.plan import Unit, make_plan, plan_to_json
 from ingest.raster import ReadError, redact
@@ -54,15 +54,45 @@ def unit_arrays(
 
     `dn` [12, H, W] uint16 as stored, `scl` [H, W], `elevation` [H, W] float32 with NaN
     where no DEM covers, `landcover` [H, W] WorldCover codes. Returns `s2` harmonised,
-    `scl`, `dem` (0 where no DEM), `lc` and `valid`: clear S2 with DEM and land cover.
+    `scl`, `dem` (0 where no DEM), `lc`, `valid` (clear S2 with DEM and land cover) and
+    `coverage` (uint8, COVERAGE_BITS of the sources with data at each pixel).
     """
-    covered = np.isfinite(elevation) & (landcover != worldcover.NODATA)
+    has = {
+        "s2": (dn != sentinel2.NODATA).all(axis=0),
+        "dem": np.isfinite(elevation),
+        "lc": landcover != worldcover.NODATA,
+    }
+    coverage = np.zeros(scl.shape, np.uint8)
+    for name, bit in COVERAGE_BITS.items():
+        coverage |= has[name].astype(np.uint8) * np.uint8(bit)
     return {
         "s2": sentinel2.harmonise(dn, baseline),
         "scl": scl,
         "dem": np.nan_to_num(elevation, nan=0.0).astype(np.float32),
         "lc": landcover,
-        "valid": sentinel2.valid_mask(dn, scl) & covered,
+        "valid": sentinel2.valid_mask(dn, scl) & has["dem"] & has["lc"],
+        "coverage": coverage,
+    }
+
+
+def provenance(unit: Unit) -> dict[str, Any]:
+    """How a unit's arrays were made, for a user to trust a corpus built from it."""
+    offset = sentinel2.baseline_has_offset(unit.baseline)
+    return {
+        "resampling": {
+            "s2_10m": sentinel2.RESAMPLING["B02"].name,
+            "s2_20m_60m": sentinel2.RESAMPLING["B05"].name,
+            "scl": sentinel2.RESAMPLING[sentinel2.SCL_ASSET].name,
+            "dem": dem.RESAMPLING.name,
+            "lc": worldcover.RESAMPLING.name,
+        },
+        "harmonisation": {
+            "processing_baseline": unit.baseline,
+            "offset_removed": sentinel2.BOA_ADD_OFFSET if offset else 0,
+        },
+        "worldcover_version": unit.worldcover_version,
+        "dem_items": unit.dem_items,
+        "lc_items": unit.lc_items,
     }
 
 
@@ -77,15 +107,18 @@ def process_unit(
     grid = unit.target
     try:
         if not unit.dem_hrefs:
-            raise ReadError(f"no {dem.COLLECTION} item covers tile {unit.mgrs_tile}")
+            raise ReadError(f"no {dem.COLLECTION} item covers unit {unit.unit_id}")
         if not unit.lc_hrefs:
-            raise ReadError(f"no {worldcover.COLLECTION} item covers tile {unit.mgrs_tile}")
+            raise ReadError(
+                f"no {worldcover.COLLECTION} {unit.worldcover_version} item covers unit "
+                f"{unit.unit_id}"
+            )
         dn, scl, n_s2 = sentinel2.read_scene(unit.s2_item, grid, max_reads)
         elevation, n_dem = dem.read(unit.dem_hrefs, grid)
         landcover, n_lc = worldcover.read(unit.lc_hrefs, grid)
         covered = np.isfinite(elevation) & (landcover != worldcover.NODATA)
         if not covered.any():
-            raise ReadError(f"DEM and land cover do not cover tile {unit.mgrs_tile}")
+            raise ReadError(f"DEM and land cover do not cover unit {unit.unit_id}")
         if inject_failure:
             raise RuntimeError(f"injected failure in {unit.unit_id}")
     except (ReadError, ValueError, KeyError) as e:
@@ -107,6 +140,7 @@ def process_unit(
             "dem": [redact(h) for h in unit.dem_hrefs],
             "lc": [redact(h) for h in unit.lc_hrefs],
         },
+        "provenance": provenance(unit),
         "scene_cloud_cover": unit.cloud_cover,
         "cloud_fraction": float(cloudy.sum() / max(observed.sum(), 1)),
         "valid_fraction": float(valid.mean()),
@@ -122,7 +156,7 @@ def process_unit(
 # may change between runs (the local services get new ports on every start).
 PLAN_FIELDS = frozenset(
     {"bbox", "aoi_file", "start", "end", "max_cloud_cover", "scenes_per_tile",
-     "spread_seasons", "chip_size"}
+     "spread_seasons", "chip_size", "worldcover_version"}
 )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -22,7 +22,7 @@ from pyproj import Transformer
 from shapely import STRtree
 from shapely.geometry import Polygon
 
-from ingest.cube import open_cube
+from ingest.cube import COVERAGE_BITS, open_cube
 from ingest.grid import RESOLUTION_M
 from ingest.sources import sentinel2
 from shards.config import SPLITS, ShardConfig
@@ -46,6 +46,9 @@ class Chip:
     invalid_fraction: float
     cloud_fraction: float
     lc_fractions: tuple[float, ...]  # per LC class (registry order), of pixels with land cover
+    # Share of the chip each source covered ({"s2": .., "dem": .., "lc": ..}); a cube
+    # written before coverage was recorded lacks "dem".
+    coverage: dict[str, float] = field(default_factory=dict)
 
     @property
     def chip_id(self) -> str:
@@ -116,6 +119,10 @@ def scan_unit(cube_url: str, unit_id: str, chip_size: int) -> list[Chip]:
     per_class = np.stack([count(lc == code) for code in LC.classes], axis=-1)
     cloud = cloudy / np.maximum(observed, 1)
     fractions = per_class / np.maximum(covered, 1)[..., None]
+    shares = {"s2": observed / area, "lc": covered / area}
+    if "coverage" in group:
+        bits = np.asarray(array(group, "coverage")[window])
+        shares = {name: count((bits & bit) > 0) / area for name, bit in COVERAGE_BITS.items()}
     chips = []
     for r in range(n_rows):
         for c in range(n_cols):
@@ -130,6 +137,7 @@ def scan_unit(cube_url: str, unit_id: str, chip_size: int) -> list[Chip]:
                     invalid_fraction=round(float(invalid[r, c]), 6),
                     cloud_fraction=round(float(cloud[r, c]), 6),
                     lc_fractions=tuple(round(float(f), 6) for f in fractions[r, c]),
+                    coverage={k: round(float(v[r, c]), 6) for k, v in shares.items()},
                 )
             )
     return chips

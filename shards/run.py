@@ -103,6 +103,7 @@ def sample_meta(chip: Chip, split: str, unit: dict[str, Any]) -> dict[str, Any]:
         "lc_fractions": {
             str(code): f for code, f in zip(LC.classes, chip.lc_fractions, strict=True)
         },
+        "provenance": {**(unit.get("provenance") or {}), "coverage": chip.coverage},
     }
 
 
@@ -238,7 +239,7 @@ def make_plan(
 
 def _plans(plan: dict[str, Any]) -> list[ShardPlan]:
     def chip(d: dict[str, Any]) -> Chip:
-        return Chip(**{**d, "lc_fractions": tuple(d["lc_fractions"])})
+        return Chip(**{**d, "lc_fractions": tuple(d["lc_fractions"]), "coverage": d.get("coverage", {})})
 
     return [ShardPlan(s["name"], s["split"], [chip(c) for c in s["chips"]]) for s in plan["shards"]]
 
@@ -276,7 +277,8 @@ def run_shard(
     shard_plans = _plans(plan)
     cube = open_cube(cfg.cube_url)
     unit_meta = {
-        u: {k: cube[u].attrs[k] for k in ("datetime", "mgrs_tile", "items")} for u in units
+        u: {k: cube[u].attrs.get(k) for k in ("datetime", "mgrs_tile", "items", "provenance")}
+        for u in units
     }
     entries: dict[str, dict[str, Any]] = {}
     todo = []

@@ -6,14 +6,19 @@ This module is the one place that says what a Sentinel-2 band is. Everything dow
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from rasterio.enums import Resampling
+from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
 
-from ingest.grid import Grid
+from ingest.grid import Grid, lonlat_footprint
 from ingest.raster import ReadError, read_into_grid
 
 COLLECTION = "sentinel-2-l2a"
@@ -122,6 +127,64 @@ def tile_bounds(item: dict) -> tuple[float, float, float, float]:
     return c, f + e * h, c + a * w, f
 
 
+def baseline_key(baseline: str) -> tuple[int, ...]:
+    """A processing baseline ("05.10") as a sortable key; unparsable ones sort first."""
+    try:
+        return tuple(int(p) for p in baseline.split("."))
+    except (AttributeError, ValueError):
+        return (-1,)
+
+
+_ORBIT_IN_ID = re.compile(r"_R(\d{3})_")
+
+
+def relative_orbit(item: dict[str, Any]) -> int:
+    """The relative orbit: `sat:relative_orbit`, else the R### of PC's item id, else 0."""
+    orbit = item["properties"].get("sat:relative_orbit")
+    if orbit is not None:
+        return int(orbit)
+    found = _ORBIT_IN_ID.search(item["id"])
+    return int(found.group(1)) if found else 0
+
+
+def platform_code(item: dict[str, Any]) -> str:
+    """S2A, S2B, ...: from the item id's prefix (PC) or the `platform` property."""
+    prefix = item["id"][:3]
+    if re.fullmatch(r"S2[A-Z]", prefix):
+        return prefix
+    platform = str(item["properties"].get("platform", ""))  # "Sentinel-2A"
+    return f"S2{platform[-1].upper()}" if platform.lower().startswith("sentinel-2") else "S2"
+
+
+@lru_cache(maxsize=1024)
+def _tile_footprint(epsg: int, bounds: tuple[float, float, float, float]) -> BaseGeometry:
+    return lonlat_footprint(epsg, bounds)
+
+
+def usable_share(item: dict[str, Any], footprint: BaseGeometry | None = None) -> float:
+    """The share of `footprint` (lon/lat; default: the whole tile) the scene shows clear.
+
+    Data share x (1 - cloud cover). On Planetary Computer an item's geometry is its data
+    footprint, so the data share is the part of `footprint` the geometry covers; nodata
+    that `s2:nodata_pixel_percentage` (of the whole tile) puts inside the geometry, as in
+    a catalog whose geometries are whole tiles, is taken as spread evenly over it. A
+    sliver (99.6 % nodata) thus ranks below a full scene however low its cloud cover.
+    """
+    props = item["properties"]
+    cloud = min(max(float(props.get("eo:cloud_cover") or 0.0) / 100, 0.0), 1.0)
+    nodata = min(max(float(props.get("s2:nodata_pixel_percentage") or 0.0) / 100, 0.0), 1.0)
+    try:
+        tile = _tile_footprint(item_epsg(item), tile_bounds(item))
+        geometry = shape(item["geometry"])
+    except (KeyError, TypeError, ValueError):  # no usable geometry or proj fields
+        return (1 - nodata) * (1 - cloud)
+    area = footprint if footprint is not None else tile
+    inside = min(geometry.area / tile.area, 1.0) if tile.area > 0 else 1.0
+    nodata_inside = max(nodata - (1 - inside), 0.0) / inside if inside > 0 else 1.0
+    covered = geometry.intersection(area).area / area.area if area.area > 0 else 0.0
+    return covered * (1 - nodata_inside) * (1 - cloud)
+
+
 def read_scene(item: dict, grid: Grid, max_reads: int) -> tuple[np.ndarray, np.ndarray, int]:
     """All 12 bands as stored (uint16 DN, [12, H, W]) and the SCL ([H, W]) on `grid`.
 
@@ -148,10 +211,16 @@ def read_scene(item: dict, grid: Grid, max_reads: int) -> tuple[np.ndarray, np.n
 
 
 def harmonise(dn: np.ndarray, baseline: str) -> np.ndarray:
-    """One scale for all baselines: remove the +1000 of 04.00 and later, clip at 0."""
+    """One scale for all baselines: remove the +1000 of 04.00 and later.
+
+    Dark pixels (water, shadow) of those baselines are stored at or below 1000 (a
+    reflectance of 0 or less); they become 1, the darkest value that is not NODATA, so a
+    pixel with data never reads as missing. NODATA stays NODATA.
+    """
     if not baseline_has_offset(baseline):
         return dn
-    return np.clip(dn.astype(np.int32) - BOA_ADD_OFFSET, 0, None).astype(np.uint16)
+    shifted = np.clip(dn.astype(np.int32) - BOA_ADD_OFFSET, NODATA + 1, None)
+    return np.where(dn == NODATA, NODATA, shifted).astype(np.uint16)
 
 
 def valid_mask(dn: np.ndarray, scl: np.ndarray) -> np.ndarray:

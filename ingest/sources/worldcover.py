@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import numpy as np
 from rasterio.enums import Resampling
@@ -15,6 +17,15 @@ COLLECTION = "esa-worldcover"
 ASSET = "map"
 RESOLUTION_DEG = 1 / 12000  # ~10 m at the equator
 NODATA = 0
+RESAMPLING = Resampling.nearest
+
+# The collection holds two maps of the same tiles: 2020 (v100) and 2021 (v200). An item
+# says which by `esa_worldcover:product_version`, and its id carries the tag
+# (ESA_WorldCover_10m_2021_v200_N48E012).
+Version = Literal["v100", "v200"]
+LATEST: Version = "v200"
+PRODUCT_VERSIONS: dict[str, Version] = {"1.0.0": "v100", "2.0.0": "v200"}
+_ID_VERSION = re.compile(r"_(v\d{3})_")
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,15 @@ CODES: tuple[int, ...] = tuple(c.code for c in CLASSES)
 BY_CODE: dict[int, LandCoverClass] = {c.code: c for c in CLASSES}
 
 
+def item_version(item: dict[str, Any]) -> Version | None:
+    """Which map an item (STAC dict) belongs to, from its product version or else its id."""
+    product = item.get("properties", {}).get("esa_worldcover:product_version")
+    if product in PRODUCT_VERSIONS:
+        return PRODUCT_VERSIONS[product]
+    tag = _ID_VERSION.search(str(item.get("id", "")))
+    return tag.group(1) if tag and tag.group(1) in get_args(Version) else None  # type: ignore[return-value]
+
+
 def read(hrefs: Sequence[str], grid: Grid) -> tuple[np.ndarray, int]:
     """WorldCover codes (uint8, 0 where no item covers) mosaicked onto `grid`, nearest."""
-    return mosaic(hrefs, grid, Resampling.nearest, nodata=NODATA, dtype="uint8")
+    return mosaic(hrefs, grid, RESAMPLING, nodata=NODATA, dtype="uint8")

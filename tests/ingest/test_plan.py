@@ -6,12 +6,16 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from typing import Any
+
 import pytest
-from shapely.geometry import box
+from pc_items import StaticCatalog, cells, dem_item, s2_item, worldcover_item
+from shapely.geometry import box, shape
 
 from ingest.config import IngestConfig
-from ingest.grid import chip_grid
-from ingest.plan import pick_scenes
+from ingest.grid import chip_grid, lonlat_footprint
+from ingest.plan import Unit, make_plan, pick_scenes
+from ingest.sources import dem, sentinel2
 
 
 def _item(i: int, month: int, cloud: float) -> dict:
@@ -74,3 +78,158 @@ def test_fsspec_run_dir(
     assert summary["done"] == summary["units"] >= 1 and not summary["failed"]
     assert (tmp_path / "run" / "ingest" / "status.json").is_file()
     assert len(list(open_cube(f"{tmp_path}/run/cube.zarr").group_keys())) == summary["units"]
+
+
+# --- Planning against items shaped as Planetary Computer serves them ---------------------
+
+ALASKA = ("06VVN", 32606, 499980.0, 6800040.0)  # ~61°N, -147..-145°
+WEST_OF_180 = ("60WWT", 32660, 600000.0, 7300000.0)  # zone 60, crosses 180° at ~65°N
+EAST_OF_180 = ("01WCN", 32601, 300000.0, 7300000.0)  # zone 1, crosses 180° from the east
+
+
+def _plan(items: list[dict], **fields: Any) -> tuple[list[Unit], StaticCatalog]:
+    catalog = StaticCatalog(items)
+    cfg = IngestConfig(**{"start": "2021-06-01", "end": "2021-06-30", "max_cloud_cover": 100,
+                          "scenes_per_tile": 4, **fields})  # fmt: skip
+    return make_plan(cfg, catalog), catalog  # type: ignore[arg-type]
+
+
+def _aux(footprint: Any, versions: tuple[str, ...] = ("v100", "v200")) -> list[dict]:
+    """DEM cells and WorldCover tiles (both maps) around a footprint, a margin included."""
+    area = footprint.buffer(1.0)
+    dems = [dem_item(lon, lat) for lon, lat in cells(area, 1)]
+    lcs = [worldcover_item(lon, lat, v) for lon, lat in cells(area, 3) for v in versions]
+    return dems + lcs
+
+
+def test_dem_and_land_cover_are_searched_with_each_grids_footprint() -> None:
+    """A sliver chosen first no longer decides which DEM cells a whole tile gets."""
+    tile, epsg, left, top = ALASKA
+    sliver = s2_item(tile, epsg, left, top, "2021-06-03T21:15:21.024000Z", orbit=72,
+                     cloud=0.1, nodata=98.0, data=(0.98, 1.0))  # fmt: skip
+    full = s2_item(tile, epsg, left, top, "2021-06-05T21:25:19.024000Z", orbit=29, cloud=2.0)
+    bbox = (-148.0, 60.0, -144.0, 62.0)  # the whole tile
+    grid_area = lonlat_footprint(epsg, (left, top - 109800, left + 109800, top))
+    units, catalog = _plan([sliver, full, *_aux(grid_area)], bbox=[bbox])
+    assert len(units) == 2
+    grid = units[0].target
+    assert units[1].target == grid, "one grid per tile and AOI, whichever scene"
+    expected = {dem_item(lon, lat)["id"] for lon, lat in cells(grid.footprint(), 1)
+                if dem_item(lon, lat)["geometry"] and shape(dem_item(lon, lat)["geometry"])
+                .intersects(grid.footprint())}  # fmt: skip
+    assert len(expected) >= 3, "the grid spans several 1° cells"
+    for unit in units:
+        assert set(unit.dem_items) == expected
+        assert unit.lc_items and all("_v200_" in i for i in unit.lc_items)
+    # No DEM search reaches beyond the grid's footprint.
+    fw, fs, fe, fn = grid.footprint().bounds
+    for collection, (w, s, e, n) in catalog.boxes:
+        if collection == dem.COLLECTION:
+            assert fw - 1e-9 <= w and e <= fe + 1e-9 and fs - 1e-9 <= s and n <= fn + 1e-9
+
+
+def test_each_aoi_gets_its_own_grid_and_search() -> None:
+    tile, epsg, left, top = ALASKA
+    scene = s2_item(tile, epsg, left, top, "2021-06-05T21:25:19.024000Z", orbit=29)
+    corner_a = (-146.95, 61.2, -146.9, 61.22)  # near the tile's north-west corner
+    corner_b = (-145.3, 60.4, -145.25, 60.42)  # near its south-east corner
+    alps = (11.9, 47.2, 11.95, 47.25)  # another AOI far away, nothing there
+    units, catalog = _plan([scene, *_aux(box(-147, 60, -145, 62))],
+                           bbox=[corner_a, corner_b, alps])  # fmt: skip
+    assert len(units) == 2, "one unit per AOI grid"
+    assert units[0].unit_id != units[1].unit_id
+    for unit in units:
+        assert unit.target.width * unit.target.height < 200_000, "a grid per AOI, not their union"
+    s2_boxes = [b for c, b in catalog.boxes if c == sentinel2.COLLECTION]
+    assert sorted(s2_boxes) == sorted([list(corner_a), list(corner_b), list(alps)])
+
+
+def test_a_box_across_the_antimeridian_is_planned_on_both_sides() -> None:
+    bbox = (179.8, 65.0, -179.8, 65.1)  # west > east: crosses 180°
+    scenes = [s2_item(t, e, x, y, "2021-06-10T23:05:41.024000Z", orbit=1)
+              for t, e, x, y in (WEST_OF_180, EAST_OF_180)]  # fmt: skip
+    aux = _aux(box(178, 64, 180, 66)) + _aux(box(-180, 64, -178, 66))
+    units, _ = _plan([*scenes, *aux], bbox=[bbox])
+    assert sorted(u.mgrs_tile for u in units) == ["01WCN", "60WWT"]
+    for unit in units:
+        grid = unit.target
+        assert grid.width * grid.height < 3_000_000, "the AOI's grid, not a box around the globe"
+        assert {"Copernicus_DSM_COG_10_N65_00_E179_00_DEM",
+                "Copernicus_DSM_COG_10_N65_00_W180_00_DEM"} <= set(unit.dem_items)  # fmt: skip
+        assert grid.footprint().geom_type == "MultiPolygon"
+
+
+def test_two_orbits_of_one_tile_on_one_day_are_two_units_with_stable_ids() -> None:
+    tile, epsg, left, top = ALASKA
+    morning = s2_item(tile, epsg, left, top, "2021-06-10T21:05:41.024000Z", orbit=72)
+    later = s2_item(tile, epsg, left, top, "2021-06-10T22:45:29.125000Z", orbit=73)
+    aux = _aux(box(-147, 60, -145, 62))
+    units, _ = _plan([morning, later, *aux], bbox=[(-149.0, 60.0, -146.0, 62.0)])
+    ids = [u.unit_id for u in units]
+    assert len(ids) == len(set(ids)) == 2
+    assert all("." not in i for i in ids), "unit ids go into sample keys, which have no dots"
+    again, _ = _plan([later, *reversed(aux), morning], bbox=[(-149.0, 60.0, -146.0, 62.0)])
+    assert sorted(u.unit_id for u in again) == sorted(ids)
+
+
+def test_one_worldcover_version_never_mixed() -> None:
+    tile, epsg, left, top = ALASKA
+    scene = s2_item(tile, epsg, left, top, "2021-06-05T21:25:19.024000Z", orbit=29)
+    items = [scene, *_aux(box(-147, 60, -145, 62))]
+    for version, year in (("v200", "2021"), ("v100", "2020")):
+        fields = {} if version == "v200" else {"worldcover_version": version}
+        (unit,), _ = _plan(items, bbox=[(-149.0, 60.0, -146.0, 62.0)], **fields)
+        assert unit.lc_items and all(f"_{year}_{version}_" in i for i in unit.lc_items)
+        assert unit.worldcover_version == version
+
+
+def test_a_sliver_with_low_cloud_loses_to_a_full_scene() -> None:
+    tile, epsg, left, top = ALASKA
+    for geometry in ("data", "tile"):  # PC's data footprints, or whole-tile geometries
+        sliver = s2_item(tile, epsg, left, top, "2021-06-03T21:15:21.024000Z", orbit=72,
+                         cloud=0.8, nodata=99.6, data=(0.996, 1.0), geometry=geometry)
+        full = s2_item(tile, epsg, left, top, "2021-06-05T21:25:19.024000Z", orbit=29,
+                       cloud=1.0, nodata=0.0)  # fmt: skip
+        (unit,), _ = _plan([sliver, full, *_aux(box(-147, 60, -145, 62))],
+                           bbox=[(-149.0, 60.0, -146.0, 62.0)], scenes_per_tile=1)  # fmt: skip
+        assert unit.s2_item["id"] == full["id"], geometry
+        assert unit.usable_share == pytest.approx(0.99, abs=0.01)
+
+
+def test_scenes_late_on_the_end_day_are_kept() -> None:
+    tile, epsg, left, top = ALASKA
+    late = s2_item(tile, epsg, left, top, "2021-06-30T23:59:59.024000Z", orbit=29)
+    (unit,), _ = _plan([late, *_aux(box(-147, 60, -145, 62))],
+                       bbox=[(-149.0, 60.0, -146.0, 62.0)])  # fmt: skip
+    assert unit.datetime == "2021-06-30T23:59:59.024000Z"
+
+
+def test_a_reprocessed_product_is_planned_once_with_the_newest_baseline() -> None:
+    tile, epsg, left, top = ALASKA
+    when = "2021-06-05T21:25:19.024000Z"
+    old = s2_item(tile, epsg, left, top, when, orbit=29, baseline="02.12")
+    new = s2_item(tile, epsg, left, top, when, orbit=29, baseline="05.10")
+    new["id"] = new["id"].replace("T180331", "T235959")  # processed later
+    (unit,), _ = _plan([old, new, *_aux(box(-147, 60, -145, 62))],
+                       bbox=[(-149.0, 60.0, -146.0, 62.0)])  # fmt: skip
+    assert unit.baseline == "05.10" and unit.s2_item["id"] == new["id"]
+
+
+def test_a_western_hemisphere_bbox_parses_as_typed() -> None:
+    from pydantic_settings import CliApp
+
+    from eomae.config import attach_negative_values
+    from eomae.ingest_cli import IngestCommand
+
+    parsed: list[IngestConfig] = []
+
+    class Parsed(IngestCommand):
+        def cli_cmd(self) -> None:
+            parsed.append(self)
+
+    typed = ["--bbox", "-149,60,-146,62", "--bbox", "179.8,65,-179.8,65.1",
+             "--start", "2021-06-01", "--end", "2021-06-30"]  # fmt: skip
+    CliApp.run(Parsed, cli_args=attach_negative_values(typed))
+    assert parsed[0].bbox == [(-149.0, 60.0, -146.0, 62.0), (179.8, 65.0, -179.8, 65.1)]
+    west, across = parsed[0].aois()
+    assert across.geom_type == "MultiPolygon", "the box across 180° is split in two halves"
