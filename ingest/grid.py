@@ -59,7 +59,9 @@ class Grid:
     def overlaps(self, other: Grid) -> bool:
         """Whether the two grids share a pixel (same CRS only)."""
         a, b = self.bounds, other.bounds
-        return self.epsg == other.epsg and a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+        return (
+            self.epsg == other.epsg and a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+        )
 
     def union(self, other: Grid) -> Grid:
         """The smallest grid holding both (same CRS); chip-aligned when both are."""

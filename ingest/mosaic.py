@@ -22,7 +22,7 @@ from rasterio.warp import reproject
 from rasterio.windows import Window, from_bounds
 
 from ingest.grid import Grid
-from ingest.raster import ReadError, read_signed, retry_transient
+from ingest.raster import ReadError, read_signed, redact, retry_transient
 
 MARGIN_PX = 2  # source pixels around the footprint, so the kernel has neighbours at its edge
 Bounds = tuple[float, float, float, float]
@@ -64,7 +64,7 @@ def _read_piece(href: str, lon0: float, want: Bounds) -> tuple[np.ndarray, Affin
     """
     with rasterio.open(href) as src:
         if src.crs is None or not src.crs.is_geographic:
-            raise ReadError(f"{href.split('?')[0]} is not in geographic coordinates")
+            raise ReadError(f"{redact(href)} is not in geographic coordinates")
         t = src.transform
         shifted = Affine(t.a, t.b, _wrap(t.c - lon0), t.d, t.e, t.f)
         mx, my = MARGIN_PX * abs(t.a), MARGIN_PX * abs(t.e)
@@ -75,7 +75,7 @@ def _read_piece(href: str, lon0: float, want: Bounds) -> tuple[np.ndarray, Affin
         if col1 <= col0 or row1 <= row0:
             return None
         win = Window(col0, row0, col1 - col0, row1 - row0)
-        return src.read(1, window=win), shifted * Affine.translation(col0, row0)
+        return src.read(1, window=win), shifted @ Affine.translation(col0, row0)
 
 
 def mosaic(

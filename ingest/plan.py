@@ -66,8 +66,11 @@ def _season(when: str) -> int:
 def pick_scenes(
     items: list[dict], n: int, spread_seasons: bool, footprint: BaseGeometry | None = None
 ) -> list[dict]:
-    """The `n` scenes showing most of `footprint` clear; with `spread_seasons`, one per
-    season in turn first. Ties go to the less cloudy scene, then the id."""
+    """The `n` scenes showing most of `footprint` clear.
+
+    With `spread_seasons`, one per season in turn first. Ties go to the less cloudy
+    scene, then the id.
+    """
     ranked = sorted(
         items,
         key=lambda i: (
@@ -178,7 +181,8 @@ def make_plan(cfg: IngestConfig, catalog: Catalog) -> list[Unit]:
     if not scenes:
         raise NothingMatched(
             f"nothing matched: {sentinel2.COLLECTION} at {catalog.url} with "
-            f"bbox={' '.join(str(list(p.bounds)) for a in aois for p in _parts(a))}, datetime={cfg.datetime}, "
+            f"bbox={' '.join(str(list(p.bounds)) for a in aois for p in _parts(a))}, "
+            f"datetime={cfg.datetime}, "
             f"eo:cloud_cover <= {cfg.max_cloud_cover}"
         )
     by_tile: dict[str, list[dict]] = defaultdict(list)

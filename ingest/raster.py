@@ -1,6 +1,7 @@
 """Reading remote rasters into a target grid.
 
-Signing, GDAL settings for COGs over HTTP, retries with backoff, mosaics of several items.
+Signing just before each read, GDAL settings for COGs over HTTP, retries with backoff.
+Mosaics of several items are `ingest.mosaic`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import numpy as np
 import rasterio
@@ -30,6 +32,7 @@ from ingest import signing
 from ingest.grid import Grid
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # COGs over HTTP: never list directories, read headers in one go, merge adjacent ranges,
 # let GDAL itself retry 429/5xx, keep the block cache bounded per process.
@@ -157,13 +160,18 @@ def _describe(e: BaseException) -> str:
     return "; ".join(messages) or type(e).__name__
 
 
-@retry(
+# Transient failures (5xx, 429, dropped connections) are retried with backoff, the href's
+# GDAL cache entry dropped before each retry; a function wrapped so takes the href first.
+retry_transient = retry(
     retry=retry_if_exception(_transient),
     wait=wait_random_exponential(multiplier=0.5, max=8),
     stop=stop_after_attempt(5),
     before_sleep=_forget_failure,
     reraise=True,
 )
+
+
+@retry_transient
 def _read_once(
     href: str, grid: Grid, resampling: Resampling, nodata: float | None, dtype: str
 ) -> tuple[np.ndarray, int]:
@@ -185,6 +193,27 @@ def _read_once(
     return data, data.nbytes
 
 
+def read_signed(href: str, read: Callable[[str], T]) -> T:
+    """`read(signed href)`: signed just before; on 403 (an expired token) re-signed once.
+
+    Errors are ReadErrors naming the unsigned href only.
+    """
+    configure_gdal()
+    try:
+        try:
+            return read(sign(href))
+        except RasterioIOError as e:
+            if not _forbidden(e):
+                raise
+            log.info("403 on %s: re-signing once", redact(href))
+            signing.invalidate(href)
+            signed = sign(href)
+            _forget(signed)  # an unchanged URL (not PC's) would hit GDAL's cached failure
+            return read(signed)
+    except RasterioIOError as e:
+        raise ReadError(f"cannot read {redact(href)}: {redact(_describe(e))}") from e
+
+
 def read_into_grid(
     href: str,
     grid: Grid,
@@ -193,46 +222,8 @@ def read_into_grid(
     nodata: float | None,
     dtype: str,
 ) -> tuple[np.ndarray, int]:
-    """Read band 1 of `href` warped onto `grid`; pixels it does not cover get `nodata`.
-
-    Signs the href just before opening it; on 403 (an expired token) signs afresh and
-    retries once. Errors name the unsigned href only.
-    """
-    configure_gdal()
-    try:
-        try:
-            return _read_once(sign(href), grid, resampling, nodata, dtype)
-        except RasterioIOError as e:
-            if not _forbidden(e):
-                raise
-            log.info("403 on %s: re-signing once", redact(href))
-            signing.invalidate(href)
-            signed = sign(href)
-            _forget(signed)  # an unchanged URL (not PC's) would hit GDAL's cached failure
-            return _read_once(signed, grid, resampling, nodata, dtype)
-    except RasterioIOError as e:
-        raise ReadError(f"cannot read {redact(href)}: {redact(_describe(e))}") from e
-
-
-def mosaic(
-    hrefs: Sequence[str],
-    grid: Grid,
-    resampling: Resampling,
-    *,
-    nodata: float,
-    dtype: str,
-) -> tuple[np.ndarray, int]:
-    """First-valid mosaic of several items on `grid` (overlaps hold the same ground)."""
-    total = 0
-
-    def layers() -> Iterator[np.ndarray]:  # one at a time: a layer can be a whole tile
-        nonlocal total
-        for href in hrefs:
-            data, nbytes = read_into_grid(href, grid, resampling, nodata=nodata, dtype=dtype)
-            total += nbytes
-            yield data
-
-    return first_valid(layers(), grid, nodata=nodata, dtype=dtype), total
+    """Read band 1 of `href` warped onto `grid`; pixels it does not cover get `nodata`."""
+    return read_signed(href, lambda signed: _read_once(signed, grid, resampling, nodata, dtype))
 
 
 def first_valid(

@@ -25,6 +25,7 @@ from ingest.cube import COVERAGE_BITS, CUBE_NAME, is_complete, open_cube, write_
 from ingest.parallel import imap_unordered
 from ingest.plan import Unit, make_plan, plan_to_json
 from ingest.raster import ReadError, redact
+from ingest.signing import TokenError
 from ingest.sources import dem, sentinel2, worldcover
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def process_unit(
             raise ReadError(f"DEM and land cover do not cover unit {unit.unit_id}")
         if inject_failure:
             raise RuntimeError(f"injected failure in {unit.unit_id}")
-    except (ReadError, ValueError, KeyError) as e:
+    except (ReadError, TokenError, ValueError, KeyError) as e:
         return UnitResult(unit.unit_id, "failed", redact(str(e)), time.perf_counter() - t0)
     t1 = time.perf_counter()
     arrays = unit_arrays(dn, scl, elevation, landcover, unit.baseline)

@@ -159,9 +159,15 @@ def _transient(e: BaseException) -> bool:
     return isinstance(e, requests.ConnectionError | requests.Timeout)
 
 
+def _cause(e: BaseException | None) -> str:
+    """The reason behind a requests error ("... Connection refused"), not its wrapping."""
+    reason = getattr(e.args[0], "reason", None) if e is not None and e.args else None
+    return str(reason or e)
+
+
 def _log_retry(state: RetryCallState) -> None:
     error = state.outcome.exception() if state.outcome else None
-    log.warning("token request failed (%s), attempt %d: retrying", error, state.attempt_number)
+    log.warning("token request failed, attempt %d: %s", state.attempt_number, _cause(error))
 
 
 def _fetch(url: str) -> Token:
@@ -185,7 +191,7 @@ def _fetch(url: str) -> Token:
             raise TokenError(f"token service unreachable: {url}: {e}") from e
         raise TokenError(f"token service refused: {url}: {e}") from e  # a bad key, say
     except requests.RequestException as e:
-        raise TokenError(f"token service unreachable: {url}: {e}") from e
+        raise TokenError(f"token service unreachable: {url}: {_cause(e)}") from e
     try:
         body = response.json()
         expiry = datetime.fromisoformat(body["msft:expiry"])

@@ -239,7 +239,9 @@ def make_plan(
 
 def _plans(plan: dict[str, Any]) -> list[ShardPlan]:
     def chip(d: dict[str, Any]) -> Chip:
-        return Chip(**{**d, "lc_fractions": tuple(d["lc_fractions"]), "coverage": d.get("coverage", {})})
+        return Chip(
+            **{**d, "lc_fractions": tuple(d["lc_fractions"]), "coverage": d.get("coverage", {})}
+        )
 
     return [ShardPlan(s["name"], s["split"], [chip(c) for c in s["chips"]]) for s in plan["shards"]]
 

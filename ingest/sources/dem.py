@@ -8,7 +8,7 @@ import numpy as np
 from rasterio.enums import Resampling
 
 from ingest.grid import Grid
-from ingest.raster import mosaic
+from ingest.mosaic import mosaic
 
 COLLECTION = "cop-dem-glo-30"
 ASSET = "data"

@@ -11,7 +11,7 @@ import numpy as np
 from rasterio.enums import Resampling
 
 from ingest.grid import Grid
-from ingest.raster import mosaic
+from ingest.mosaic import mosaic
 
 COLLECTION = "esa-worldcover"
 ASSET = "map"

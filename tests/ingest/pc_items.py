@@ -59,7 +59,9 @@ def s2_item(
     size = TILE_PX * 10.0
     x0, x1 = left + data[0] * size, left + data[1] * size
     tile_bounds = (left, top - size, left + size, top)
-    footprint = lonlat_footprint(epsg, (x0, top - size, x1, top) if geometry == "data" else tile_bounds)
+    footprint = lonlat_footprint(
+        epsg, (x0, top - size, x1, top) if geometry == "data" else tile_bounds
+    )
     sensed = when[:19].replace("-", "").replace(":", "")
     item_id = f"{platform}_MSIL2A_{sensed}_R{orbit:03d}_T{tile}_{sensed[:8]}T180331"
     folder = f"{BLOB}/{tile[:2]}/{tile[2]}/{tile[3:]}/{when[:10].replace('-', '/')}/{item_id}.SAFE"
@@ -122,8 +124,12 @@ def dem_item(lon: int, lat: int) -> dict[str, Any]:
         "collection": dem.COLLECTION,
         "geometry": mapping(cell),
         "bbox": list(cell.bounds),
-        "properties": {"datetime": "2021-04-22T00:00:00Z", "platform": "TanDEM-X",
-                       "proj:epsg": 4326, "proj:shape": [3600, round(1 / dx)]},  # fmt: skip
+        "properties": {
+            "datetime": "2021-04-22T00:00:00Z",
+            "platform": "TanDEM-X",
+            "proj:epsg": 4326,
+            "proj:shape": [3600, round(1 / dx)],
+        },  # fmt: skip
         "links": [],
         "assets": {
             dem.ASSET: {

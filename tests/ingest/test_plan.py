@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-
 from typing import Any
 
 import pytest
@@ -186,8 +185,18 @@ def test_one_worldcover_version_never_mixed() -> None:
 def test_a_sliver_with_low_cloud_loses_to_a_full_scene() -> None:
     tile, epsg, left, top = ALASKA
     for geometry in ("data", "tile"):  # PC's data footprints, or whole-tile geometries
-        sliver = s2_item(tile, epsg, left, top, "2021-06-03T21:15:21.024000Z", orbit=72,
-                         cloud=0.8, nodata=99.6, data=(0.996, 1.0), geometry=geometry)
+        sliver = s2_item(
+            tile,
+            epsg,
+            left,
+            top,
+            "2021-06-03T21:15:21.024000Z",
+            orbit=72,
+            cloud=0.8,
+            nodata=99.6,
+            data=(0.996, 1.0),
+            geometry=geometry,
+        )
         full = s2_item(tile, epsg, left, top, "2021-06-05T21:25:19.024000Z", orbit=29,
                        cloud=1.0, nodata=0.0)  # fmt: skip
         (unit,), _ = _plan([sliver, full, *_aux(box(-147, 60, -145, 62))],
