@@ -73,7 +73,8 @@ def test_cells_of_different_spacing_and_across_180_degrees(tmp_path: Path) -> No
         return 300.0 + 1500.0 * (unwrapped - 180.0) + 900.0 * (lat - 65.0)
 
     # 65..66°N: Copernicus widens the longitude spacing to 2x there.
-    hrefs = [_cell(tmp_path, lon, lat, ramp, 2 * SPACING) for lon in (179, -180) for lat in (64, 65)]
+    wide = 2 * SPACING
+    hrefs = [_cell(tmp_path, lon, lat, ramp, wide) for lon in (179, -180) for lat in (64, 65)]
     for epsg in (32660, 32601):  # the UTM zones west and east of 180°
         grid = _grid_around(epsg, 180.0, 65.0)
         assert grid.footprint().geom_type == "MultiPolygon"
