@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -106,16 +107,25 @@ def chip_grid(
     return Grid(epsg, float(left), float(top), width, height)
 
 
-def lonlat_footprint(epsg: int, bounds: tuple[float, float, float, float]) -> BaseGeometry:
+@lru_cache(maxsize=64)
+def _to_lonlat(epsg: int) -> Transformer:
+    return Transformer.from_crs(epsg, 4326, always_xy=True)
+
+
+def lonlat_footprint(
+    epsg: int,
+    bounds: tuple[float, float, float, float],
+    points_per_edge: int = FOOTPRINT_POINTS_PER_EDGE,
+) -> BaseGeometry:
     """The outline of a box of a projected CRS in lon/lat, densified.
 
     A footprint that crosses the antimeridian comes back as a MultiPolygon split at ±180°
     (the GeoJSON and STAC convention), so it intersects items on both sides.
     """
     left, bottom, right, top = bounds
-    step = max(right - left, top - bottom) / FOOTPRINT_POINTS_PER_EDGE
+    step = max(right - left, top - bottom) / points_per_edge
     outline = box(left, bottom, right, top).segmentize(step)
-    to_lonlat = Transformer.from_crs(epsg, 4326, always_xy=True)
+    to_lonlat = _to_lonlat(epsg)
     ring = shapely.transform(outline, lambda xy: np.column_stack(to_lonlat.transform(*xy.T)))
     lons = [x for x, _ in ring.exterior.coords]
     if max(lons) - min(lons) <= 180:

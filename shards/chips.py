@@ -13,17 +13,15 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import zarr
-from pyproj import Transformer
 from shapely import STRtree
-from shapely.geometry import Polygon
+from shapely.geometry.base import BaseGeometry
 
 from ingest.cube import COVERAGE_BITS, open_cube
-from ingest.grid import RESOLUTION_M
+from ingest.grid import RESOLUTION_M, lonlat_footprint
 from ingest.sources import sentinel2
 from shards.config import SPLITS, ShardConfig
 from shards.modalities import LC
@@ -143,18 +141,9 @@ def scan_unit(cube_url: str, unit_id: str, chip_size: int) -> list[Chip]:
     return chips
 
 
-@lru_cache(maxsize=64)
-def _to_lonlat(epsg: int) -> Transformer:
-    return Transformer.from_crs(epsg, 4326, always_xy=True)
-
-
-def footprint(epsg: int, x0: float, y0: float, extent: float) -> Polygon:
-    """A chip's outline in lon/lat."""
-    to_lonlat = _to_lonlat(epsg)
-    xs = [x0, x0 + extent, x0 + extent, x0]
-    ys = [y0, y0, y0 - extent, y0 - extent]
-    lon, lat = to_lonlat.transform(xs, ys)
-    return Polygon(zip(lon, lat, strict=True))
+def footprint(epsg: int, x0: float, y0: float, extent: float) -> BaseGeometry:
+    """A chip's outline in lon/lat (its corners; split at 180° where it crosses it)."""
+    return lonlat_footprint(epsg, (x0, y0 - extent, x0 + extent, y0), points_per_edge=1)
 
 
 def assign_blocks(locations: list[Location], cfg: ShardConfig) -> dict[Location, str]:

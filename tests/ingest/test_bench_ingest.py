@@ -48,13 +48,18 @@ def test_bench_ingest_on_a_subset(
     assert len(record["cube_write"]) == 5
     assert record["figures"]["write cpu: per-chip/sharded"]["median"] > 0
 
-    # the naive loop reads the same rasters through the same GDAL warper: identical arrays
+    # The naive loop reads the same rasters through the same GDAL warper: identical arrays,
+    # except the DEM next to cell edges, where it warps each cell on its own (a seam) and
+    # eomae warps their mosaic once.
     naive = record["agreement"]["naive"]
     assert naive["units"] == 3 and naive["agrees"]
     for name, check in naive["arrays"].items():
         assert check["shapes_equal"], name
-        assert check["equal_fraction"] == 1.0, (name, check)
-        assert check["max_abs_diff"] == 0.0, (name, check)
+        if name == "dem":
+            assert check["equal_fraction"] > 0.98 and check["mean_abs_diff"] < 0.1, check
+        else:
+            assert check["equal_fraction"] == 1.0, (name, check)
+            assert check["max_abs_diff"] == 0.0, (name, check)
 
     if odc_available():
         assert record["figures"]["eomae/odc-stac"]["median"] > 0

@@ -242,3 +242,22 @@ def test_a_western_hemisphere_bbox_parses_as_typed() -> None:
     assert parsed[0].bbox == [(-149.0, 60.0, -146.0, 62.0), (179.8, 65.0, -179.8, 65.1)]
     west, across = parsed[0].aois()
     assert across.geom_type == "MultiPolygon", "the box across 180° is split in two halves"
+
+
+def test_a_plan_lists_the_collections_once(
+    make_config: Callable[..., IngestConfig], tmp_path: Path
+) -> None:
+    """Planetary Computer's /collections describes every collection: fetch it once a run."""
+    from urllib.parse import urlparse
+
+    from ingest.catalog import open_catalog
+
+    cfg = make_config(tmp_path)
+    catalog = open_catalog(cfg.catalog)
+    paths: list[str] = []
+    session = catalog.client._stac_io.session  # type: ignore[attr-defined]
+    session.hooks["response"].append(lambda r, *a, **k: paths.append(urlparse(r.url).path))
+    units = make_plan(cfg, catalog)
+    assert len({u.mgrs_tile for u in units}) >= 3, "several tiles, so several searches"
+    assert sum(p.rstrip("/").endswith("/collections") for p in paths) == 1
+    assert sum(p.endswith("/search") for p in paths) >= 1 + 2 * 3

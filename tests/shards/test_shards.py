@@ -98,6 +98,31 @@ def test_a_chip_from_a_shard_equals_its_cube_window(shard_set: Any) -> None:
     assert checked >= 10
 
 
+def test_each_sample_says_how_it_was_made(shard_set: Any) -> None:
+    """Provenance: resampling per source, WorldCover version, harmonisation, DEM items,
+    and the share of the chip each source covered (equal to the chip's own arrays)."""
+    cfg, _ = shard_set
+    cube = open_cube(cfg.cube_url)
+    entry = read_manifest(cfg.out_url).shards[0]
+    for members in read_samples(Path(cfg.out_url) / entry.name).values():
+        meta = json.loads(members["json"])
+        made = meta["provenance"]
+        nearest, bilinear = "nearest", "bilinear"
+        assert made["resampling"] == {"s2_10m": nearest, "s2_20m_60m": bilinear,
+                                      "scl": nearest, "dem": bilinear, "lc": nearest}  # fmt: skip
+        assert made["worldcover_version"] == "v200"
+        assert made["dem_items"] == meta["items"]["dem"] and made["dem_items"]
+        attrs = cube[meta["unit_id"]].attrs
+        offset = 1000 if attrs["processing_baseline"] >= "04.00" else 0
+        baseline = attrs["processing_baseline"]
+        assert made["harmonisation"] == {"processing_baseline": baseline, "offset_removed": offset}
+        lc = np.load(io.BytesIO(members["lc.npy"]))
+        s2 = np.load(io.BytesIO(members["s2.npy"]))
+        assert made["coverage"]["lc"] == pytest.approx((lc != 0).mean(), abs=1e-6)
+        assert made["coverage"]["s2"] == pytest.approx((s2 != 0).all(axis=0).mean(), abs=1e-6)
+        assert 0 < made["coverage"]["dem"] <= 1
+
+
 def test_splits_neither_overlap_nor_touch(shard_set: Any) -> None:
     cfg, _ = shard_set
     metas = all_metas(Path(cfg.out_url))
