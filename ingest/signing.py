@@ -79,13 +79,15 @@ class TokenCache:
     def __init__(self) -> None:
         self._entries: dict[str, Token | _Failure] = {}
         self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()  # guards _locks only
+        self._guard = threading.Lock()  # guards _locks
+
+    def _lock(self, url: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(url, threading.Lock())
 
     def get(self, url: str) -> Token:
         """The cached token for `url` if fresh, else a new one (TokenError if none)."""
-        with self._guard:
-            lock = self._locks.setdefault(url, threading.Lock())
-        with lock:  # while one thread fetches, the others wait here for its result
+        with self._lock(url):  # while one thread fetches, the others wait here for its result
             entry = self._entries.get(url)
             if isinstance(entry, Token) and entry.fresh():
                 return entry
@@ -101,9 +103,7 @@ class TokenCache:
 
     def invalidate(self, url: str) -> None:
         """Forget the token for `url` unless it is younger than INVALIDATE_GRACE_S."""
-        with self._guard:
-            lock = self._locks.setdefault(url, threading.Lock())
-        with lock:
+        with self._lock(url):
             entry = self._entries.get(url)
             if isinstance(entry, Token) and time.monotonic() - entry.fetched < INVALIDATE_GRACE_S:
                 return
@@ -111,8 +111,7 @@ class TokenCache:
 
     def clear(self) -> None:
         """Forget every token and failure (tests start from a cold cache)."""
-        with self._guard:
-            self._entries.clear()
+        self._entries.clear()
 
 
 TOKENS = TokenCache()
