@@ -51,7 +51,14 @@ GDAL_ENV = {
 }
 # Not worth retrying as is; 403 (an expired token) is handled by re-signing instead.
 _PERMANENT = re.compile(r"HTTP response code: (400|401|403|404|410)|not recognized as|No such file")
-_QUERY = re.compile(r"\?(?!<redacted>)[^\s'\"]*")  # a second pass keeps the first
+# What a SAS query is made of: letters, digits and %-escapes (its ':' and '/' are escaped),
+# so a ':' or a quote after it ends it. `(?!<redacted>)`: a second pass keeps the first.
+_QUERY_CHARS = r"[\w%=&.+~/-]*"
+_QUERY = re.compile(r"\?(?!<redacted>)" + _QUERY_CHARS)
+_ENCODED_QUERY = re.compile(r"%3F(?!<redacted>)" + _QUERY_CHARS, re.IGNORECASE)  # %3F is '?'
+# The signature and the signing key's fields, wherever they stand (after a space, encoded).
+_SECRET = re.compile(r"(?<![\w%])(sig|skoid|sktid|skt|ske|sks|skv)(=|%3D)(?!<redacted>)[\w%.+~/-]*",
+                     re.IGNORECASE)  # fmt: skip
 
 
 class _RedactFilter(logging.Filter):
@@ -86,8 +93,10 @@ class ReadError(RuntimeError):
 
 
 def redact(text: str) -> str:
-    """Strip query strings (SAS tokens) from a message or href."""
-    return _QUERY.sub("?<redacted>", text)
+    """Strip query strings (SAS tokens) from a message or href, percent-encoded ones too."""
+    text = _QUERY.sub("?<redacted>", text)
+    text = _ENCODED_QUERY.sub(lambda m: m.group(0)[:3] + "<redacted>", text)
+    return _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
 
 
 def sign(href: str) -> str:
