@@ -11,6 +11,7 @@ import functools
 import io
 import json
 import math
+import tokenize
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,10 @@ def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
     }
     if version not in readers:
         raise ValueError(f".npy version {version} is not supported")
-    shape, fortran, dtype = readers[version](f)
+    try:
+        shape, fortran, dtype = readers[version](f)
+    except (SyntaxError, tokenize.TokenError) as e:  # numpy tokenizes the header's dict
+        raise ValueError(f"damaged .npy header: {e}") from e
     if dtype.hasobject:
         raise ValueError("object arrays (pickles) are not allowed")
     return dtype, shape, fortran

@@ -92,12 +92,18 @@ def rewrite_member(tar_path: Path, key: str, suffix: str, data: bytes) -> None:
     tmp.replace(tar_path)
 
 
-def test_a_corrupt_sample_is_skipped_and_counted(shard_copy: Path) -> None:
+@pytest.mark.parametrize("damage", ["garbage", "npy header"])
+def test_a_corrupt_sample_is_skipped_and_counted(shard_copy: Path, damage: str) -> None:
     manifest = read_manifest(str(shard_copy))
     entry = manifest.split_shards("train")[0]
     with tarfile.open(shard_copy / entry.name) as tar:
         key = tar.getnames()[0].split(".")[0]
-    rewrite_member(shard_copy / entry.name, key, "s2.npy", b"\x93NUMPY garbage")
+        member = tar.extractfile(f"{key}.s2.npy")
+        assert member is not None
+        original = member.read()
+    payload = (b"\x93NUMPY garbage" if damage == "garbage"
+               else original.replace(b"}", b"(", 1))  # numpy's tokenizer fails on it  # fmt: skip
+    rewrite_member(shard_copy / entry.name, key, "s2.npy", payload)
     loader = make_loader(str(shard_copy), "train", batch_size=7)
     seen = [m["key"] for batch in loader for m in batch["meta"]]
     assert key not in seen

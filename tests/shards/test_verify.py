@@ -131,6 +131,20 @@ def test_a_missing_member_is_named(shard_copy: Path) -> None:
     assert "dem.npy" in problems[0].detail
 
 
+def test_a_damaged_npy_header_is_a_decode_problem(shard_copy: Path) -> None:
+    """numpy tokenizes a .npy header; a damaged one raised TokenError and crashed verify."""
+    name, keys = target(shard_copy)
+
+    def damage(members: Members) -> Members:
+        return [(n, d.replace(b"}", b"(", 1) if n == f"{keys[1]}.s2.npy" else d)
+                for n, d in members]  # fmt: skip
+
+    rewrite(shard_copy, name, damage)
+    problems = verify(str(shard_copy))
+    assert where(problems) == {(name, keys[1], "decode")}
+    assert "s2.npy" in problems[0].detail and "header" in problems[0].detail
+
+
 def test_wrong_shape_and_dtype_break_the_schema(shard_copy: Path) -> None:
     name, keys = target(shard_copy)
     rewrite(shard_copy, name, replace_array(keys[0], "s2.npy", lambda a: a[:, :32, :32]))
