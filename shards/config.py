@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ingest.cube import CUBE_NAME
@@ -13,6 +15,17 @@ SHARDS_DIR = "shards"
 def join_url(base: str, *parts: str) -> str:
     """A path or fsspec URL with parts appended."""
     return "/".join([base.rstrip("/"), *parts])
+
+
+def absolute_url(url: str) -> str:
+    """A local path made absolute; an fsspec URL (s3://, file://, ...) as it is.
+
+    Ray workers run in directories of their own, so a path relative to where the user
+    typed the command must be resolved there, once, at the edge.
+    """
+    if "://" in url:
+        return url
+    return str(Path(url).expanduser().resolve())
 
 
 class ShardConfig(BaseModel):

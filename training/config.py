@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shards.config import absolute_url
 from training.modalities import PRESETS, ModelModality
 
 # name: (embedding dim, depth, heads)
@@ -188,6 +189,11 @@ class PretrainConfig(BaseModel):
     address: str | None = Field(
         None, description="Ray cluster address; default: $RAY_ADDRESS or a local Ray."
     )
+
+    @field_validator("run_dir", "shards", "init")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        return None if value is None else absolute_url(value)
 
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:

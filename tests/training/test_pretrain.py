@@ -172,3 +172,33 @@ def test_combined_objective_learns_logs_both_parts_and_evaluation_loads_it(
 def test_softcon_refuses_land_cover_as_input() -> None:
     with pytest.raises(ValueError, match="land cover"):
         PretrainConfig(objective="softcon", model=ModelConfig(inputs=["rgb", "lc"]))
+
+
+def test_local_paths_are_resolved_where_the_command_was_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = PretrainConfig(run_dir="runs/alps", shards="runs/alps/shards", init="encoder.pt")
+    assert cfg.run_dir == str(tmp_path / "runs" / "alps")
+    assert cfg.shards == str(tmp_path / "runs" / "alps" / "shards")
+    assert cfg.init == str(tmp_path / "encoder.pt")
+    remote = PretrainConfig(run_dir="s3://bucket/runs/alps", shards="file:///data/shards")
+    assert (remote.run_dir, remote.shards) == ("s3://bucket/runs/alps", "file:///data/shards")
+
+
+@pytest.mark.slow
+def test_pretrain_with_a_relative_run_dir_as_the_readme_types_it(
+    shard_set: Any, ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray Train workers run in another directory: `--run-dir runs/alps` must still work."""
+    from eomae.cli import main
+
+    (tmp_path / "runs" / "alps").mkdir(parents=True)
+    (tmp_path / "runs" / "alps" / "shards").symlink_to(shard_set[0].out_url)
+    monkeypatch.chdir(tmp_path)
+    args = ["pretrain", "--run-dir", "runs/alps", "--name", "relative", "--model.size", "tiny",
+            "--workers", "1", "--batch-size", "8", "--epochs", "1", "--epoch-samples", "16",
+            "--loader-workers", "0"]  # fmt: skip
+    assert main(args) == 0
+    saved = json.loads((tmp_path / "runs/alps/pretrain/relative/config.json").read_text())
+    assert saved["run_dir"] == str(tmp_path / "runs" / "alps")
