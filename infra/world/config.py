@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+RegionName = Literal["alps", "alaska", "antimeridian"]
 
 
 class WorldConfig(BaseModel):
@@ -11,8 +15,18 @@ class WorldConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int = Field(0, description="Random seed; the same seed gives byte-identical rasters.")
+    region: RegionName = Field(
+        "alps",
+        description="Where the world lies, always across a UTM zone boundary: 'alps' (47.3°N, "
+        "12°E, zones 32/33), 'alaska' (61.4°N, -150°, zones 5/6, western hemisphere) or "
+        "'antimeridian' (Chukotka, 65.4°N, 180°, zones 60/1, geometries split at ±180°).",
+    )
     tiles: int = Field(
-        3, ge=2, le=6, description="Sentinel-2 tiles; they straddle 12°E, so UTM zones 32 and 33."
+        3,
+        ge=2,
+        le=6,
+        description="Sentinel-2 tiles; they straddle the region's UTM zone boundary, half "
+        "in each zone.",
     )
     dates: int = Field(
         4,

@@ -4,11 +4,23 @@ Layout of a world directory (the contract `infra.services` serves):
 
     world.json                      marker: generator version, config, fingerprint
     truth.json                      ground truth: tiles, scenes, points, markers
-    truth/landcover.tif             master land cover, EPSG:4326 (what WorldCover tiles crop)
-    truth/elevation.tif             master elevation, EPSG:4326
+    truth/landcover.tif             master land cover, EPSG:4326 (what WorldCover v200 crops)
+    truth/elevation.tif             master elevation, EPSG:4326 (what DEM cells sample)
     stac/catalog.json               self-contained static STAC catalog, relative hrefs
     stac/<collection>/<item>/<item>.json
     data/<collection>/<item>/<asset>.tif
+
+The master rasters are in unwrapped longitudes (`infra.world.layout`): in the
+antimeridian region their transform runs on past 180° (e.g. 179.7..180.3), which GDAL
+reads fine but is not a wrapped EPSG:4326 extent; truth.json says so
+(`master.unwrapped_longitudes`). Everything in the STAC catalog is wrapped.
+
+What the world shows of Planetary Computer as it really is: DEM items on whole 1°
+cells (continuous elevation across cell edges), WorldCover 2020 (v100) and 2021 (v200)
+maps of the same tiles that differ, a second relative orbit of one tile on one day that
+is only a sliver of data with tiny cloud cover, item geometries that are data footprints,
+fractional-second datetimes, dark pixels stored at or below the +1000 offset, and
+processing baselines by date.
 
 The world is written to a temporary sibling directory and renamed into place, so a
 crash never leaves a half-written world that looks complete.
@@ -19,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -35,19 +48,42 @@ from scipy import ndimage
 
 from infra.world.cog import write_cog
 from infra.world.config import WorldConfig
-from infra.world.landscape import SIGNATURES, VARIANTS, Landscape, bare_parcels, build_landscape
+from infra.world.landscape import (
+    SIGNATURES,
+    VARIANTS,
+    Landscape,
+    bare_parcels,
+    build_landscape,
+    worldcover_2020,
+)
 from infra.world.layout import (
-    AUX_TILE_DEG,
+    WORLDCOVER_TILE_DEG,
+    Acquisition,
     TileGrid,
     acquisitions,
-    aux_tiles,
     day_of_year,
-    region_bounds,
+    dem_cell_grid,
+    dem_cells,
+    region_box,
+    stac_bbox,
     tile_grids,
     tiles_bounds,
+    to_lonlat,
+    worldcover_tiles,
+    wrap_lon,
 )
-from infra.world.sentinel2 import MARKER_SPECTRUM, Marker, render_scene, tile_surface
+from infra.world.sentinel2 import (
+    MARKER_SPECTRUM,
+    SLIVER_CUT,
+    Marker,
+    Scene,
+    TileSurface,
+    data_footprint,
+    render_scene,
+    tile_surface,
+)
 from infra.world.stac import (
+    WORLDCOVER_MAPS,
     collection,
     dem_item,
     sentinel2_item,
@@ -58,10 +94,16 @@ from ingest.sources import dem, sentinel2, worldcover
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2  # 2: within-class spectral variety, crop parcels
+# 2: within-class spectral variety, crop parcels
+# 3: PC as it really is: 1° DEM cells, WorldCover v100 + v200, a second-orbit sliver,
+#    data-footprint geometries, fractional-second datetimes, dark DNs <= 1000 with the
+#    offset, baselines by date, regions (alps, alaska, antimeridian)
+GENERATOR_VERSION = 3
 MARKER_FILE = "world.json"
 TRUTH_FILE = "truth.json"
 RELATIVE_ORBIT = 65
+SLIVER_TILE, SLIVER_DATE = 0, 0  # which tile, on which date, a second orbit also images
+SLIVER_CLOUD = 0.008  # target cloud fraction of the sliver's few pixels
 Progress = Callable[[str, int, int], None]
 
 
@@ -127,8 +169,8 @@ def _rng(cfg: WorldConfig, *key: int) -> np.random.Generator:
 def _write_world(root: Path, cfg: WorldConfig, progress: Progress) -> None:
     grids = tile_grids(cfg)
     acqs = acquisitions(cfg)
-    region = region_bounds(grids)
-    total = len(grids) * len(acqs) + 3
+    region = region_box(grids)  # unwrapped longitudes
+    total = len(grids) * len(acqs) + 4
     step = 0
     progress("terrain and land cover", step, total)
     landscape = build_landscape(region, _rng(cfg, 1), tiles_bounds(grids))
@@ -154,89 +196,47 @@ def _write_world(root: Path, cfg: WorldConfig, progress: Progress) -> None:
             progress(f"Sentinel-2 {tile.mgrs} {acq.when:%Y-%m-%d}", step, total)
             rng = _rng(cfg, 4, t, d)
             cloud_target, swath_cut = _scene_conditions(t, d, len(acqs), rng)
-            scene = render_scene(tile, surface, acq, rng, cloud_target, swath_cut, bare[d])
             platform = "S2A" if d % 2 == 0 else "S2B"
-            item_id = sentinel2_item_id(tile, acq, platform, RELATIVE_ORBIT)
-            folder = root / "data" / sentinel2.COLLECTION / item_id
-            hrefs = {}
-            for band in sentinel2.BANDS:
-                path = folder / f"{band.name}.tif"
-                write_cog(
-                    path,
-                    scene.bands[band.name],
-                    crs=f"EPSG:{tile.epsg}",
-                    transform=tile.transform(band.resolution_m),
-                    nodata=sentinel2.NODATA,
-                )
-                hrefs[band.name] = str(path)
-            path = folder / f"{sentinel2.SCL_ASSET}.tif"
-            write_cog(
-                path,
-                scene.scl,
-                crs=f"EPSG:{tile.epsg}",
-                transform=tile.transform(sentinel2.SCL_RESOLUTION_M),
-                nodata=0,
-                categorical=True,
-            )
-            hrefs[sentinel2.SCL_ASSET] = str(path)
-            stats = {
-                "cloud_cover": scene.cloud_cover,
-                "nodata_percentage": scene.nodata_percentage,
-                "shadow_percentage": scene.shadow_percentage,
-            }
-            items.append(
-                sentinel2_item(
-                    tile, acq, platform=platform, orbit=RELATIVE_ORBIT, hrefs=hrefs, stats=stats
-                )
-            )
-            scenes.append(
-                {
-                    "item_id": item_id,
-                    "datetime": items[-1]["properties"]["datetime"],
-                    "baseline": acq.baseline,
-                    "swath_cut": swath_cut,
-                    **stats,
-                }
-            )
+            shots = [(acq, RELATIVE_ORBIT, rng, cloud_target, swath_cut)]
+            if (t, d) == (SLIVER_TILE, SLIVER_DATE):
+                # The same satellite one orbit later: its swath just clips the tile corner.
+                shots.append((acq.next_orbit(), RELATIVE_ORBIT + 1, _rng(cfg, 7, t, d),
+                              SLIVER_CLOUD, SLIVER_CUT))  # fmt: skip
+            for shot, orbit, shot_rng, cloud, cut in shots:
+                item, scene = _write_scene(root, tile, surface, shot, platform, orbit,
+                                           (shot_rng, cloud, cut, bare[d]))  # fmt: skip
+                items.append(item)
+                scenes.append(_scene_truth(item, shot, cut, scene, sliver=orbit != RELATIVE_ORBIT))
         truth_tiles.append(
             {
                 "mgrs": tile.mgrs,
                 "epsg": tile.epsg,
                 "transform": list(tile.transform())[:6],
                 "shape": list(tile.shape()),
-                "bbox": list(tile.footprint().bounds),
+                "bbox": list(stac_bbox(tile.footprint().bounds)),
                 "scenes": scenes,
             }
         )
 
     step += 1
-    progress("Copernicus DEM and WorldCover tiles", step, total)
-    aux = _write_aux(root, landscape, region)
-    items += aux
+    progress("Copernicus DEM cells", step, total)
+    dems = _write_dem(root, landscape, region)
+    step += 1
+    progress("WorldCover 2020 and 2021 tiles", step, total)
+    covers = _write_worldcover(root, landscape, region, _rng(cfg, 6))
+    items += dems + covers
 
     step += 1
     progress("ground truth and STAC catalog", step, total)
     _write_truth_rasters(root, landscape)
-    _write_catalog(root, items, region, acqs)
-    truth = {
-        "region": list(region),
-        "crs": "EPSG:4326 for lon/lat; tiles in their own UTM EPSG",
-        "master": {
-            "transform": list(landscape.transform)[:6],
-            "shape": list(landscape.landcover.shape),
-            "landcover": "truth/landcover.tif",
-            "elevation": "truth/elevation.tif",
-        },
-        "tiles": truth_tiles,
-        "dem_items": [i["id"] for i in aux if i["collection"] == dem.COLLECTION],
-        "worldcover_items": [i["id"] for i in aux if i["collection"] == worldcover.COLLECTION],
-        "points": points,
-        "markers": markers_all,
-        "marker_reflectance": MARKER_SPECTRUM.astype(int).tolist(),
-        "signatures": {str(k): list(v) for k, v in SIGNATURES.items()},
-        "variants": {str(k): list(v) for k, v in VARIANTS.items()},
-        "cloud_cover_definition": "percent of non-nodata SCL pixels in classes 8, 9, 10",
+    extents = {
+        sentinel2.COLLECTION: stac_bbox(region),
+        dem.COLLECTION: stac_bbox(_cells_box(region)),
+        worldcover.COLLECTION: stac_bbox(region),
     }
+    _write_catalog(root, items, extents, acqs)
+    truth = _truth(cfg, region, landscape, truth_tiles, dems, covers)
+    truth |= {"points": points, "markers": markers_all}
     (root / TRUTH_FILE).write_text(json.dumps(truth, indent=1))
     marker = {
         "eomae_world": 1,
@@ -248,6 +248,113 @@ def _write_world(root: Path, cfg: WorldConfig, progress: Progress) -> None:
     (root / MARKER_FILE).write_text(json.dumps(marker, indent=1))
     step += 1
     progress("done", step, total)
+
+
+def _truth(
+    cfg: WorldConfig,
+    region: tuple[float, float, float, float],
+    landscape: Landscape,
+    tiles: list[dict[str, Any]],
+    dems: list[dict[str, Any]],
+    covers: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The ground-truth record (truth.json) less its points and markers."""
+    return {
+        "region_name": cfg.region,
+        "region": list(stac_bbox(region)),
+        "crs": "EPSG:4326 for lon/lat; tiles in their own UTM EPSG",
+        "master": {
+            "transform": list(landscape.transform)[:6],
+            "shape": list(landscape.landcover.shape),
+            "landcover": "truth/landcover.tif",
+            "elevation": "truth/elevation.tif",
+            "unwrapped_longitudes": bool(region[2] > 180.0),
+            "longitudes": "continuous across 180°: values above 180 lie east of the "
+            "antimeridian (subtract 360 for wrapped longitudes)",
+        },
+        "tiles": tiles,
+        "dem_items": [i["id"] for i in dems],
+        "dem_spacing_deg": {i["id"]: [i["properties"]["proj:transform"][0],
+                                      -i["properties"]["proj:transform"][4]] for i in dems},
+        "worldcover_items": {
+            version: [i["id"] for i in covers
+                      if i["properties"]["esa_worldcover:product_version"] == product]
+            for version, (_, product) in WORLDCOVER_MAPS.items()
+        },
+        "worldcover_changed_2020": "v100 differs from v200 on ~3 % of pixels: smooth "
+        "patches moved to a class the algorithms confuse (landscape.CHANGES_2020)",
+        "marker_reflectance": MARKER_SPECTRUM.astype(int).tolist(),
+        "signatures": {str(k): list(v) for k, v in SIGNATURES.items()},
+        "variants": {str(k): list(v) for k, v in VARIANTS.items()},
+        "cloud_cover_definition": "percent of non-nodata SCL pixels in classes 8, 9, 10",
+        "dark_pixels_definition": "per scene, band pixels with data stored at DN 1..1000 "
+        "(reflectance <= 0 under the +1000 offset of baseline >= 04.00); 0 without offset",
+    }  # fmt: skip
+
+
+def _write_scene(
+    root: Path,
+    tile: TileGrid,
+    surface: TileSurface,
+    acq: Acquisition,
+    platform: str,
+    orbit: int,
+    conditions: tuple[np.random.Generator, float, float | None, np.ndarray],
+) -> tuple[dict[str, Any], Scene]:
+    """Render one scene, write its COGs and return its STAC item."""
+    rng, cloud_target, swath_cut, bare = conditions
+    scene = render_scene(tile, surface, acq, rng, cloud_target, swath_cut, bare)
+    item_id = sentinel2_item_id(tile, acq, platform, orbit)
+    folder = root / "data" / sentinel2.COLLECTION / item_id
+    hrefs = {}
+    for band in sentinel2.BANDS:
+        path = folder / f"{band.name}.tif"
+        write_cog(
+            path,
+            scene.bands[band.name],
+            crs=f"EPSG:{tile.epsg}",
+            transform=tile.transform(band.resolution_m),
+            nodata=sentinel2.NODATA,
+        )
+        hrefs[band.name] = str(path)
+    path = folder / f"{sentinel2.SCL_ASSET}.tif"
+    write_cog(
+        path,
+        scene.scl,
+        crs=f"EPSG:{tile.epsg}",
+        transform=tile.transform(sentinel2.SCL_RESOLUTION_M),
+        nodata=0,
+        categorical=True,
+    )
+    hrefs[sentinel2.SCL_ASSET] = str(path)
+    footprint = to_lonlat(data_footprint(tile, swath_cut), tile.epsg, tile.lon_ref)
+    item = sentinel2_item(tile, acq, platform=platform, orbit=orbit, hrefs=hrefs,
+                          stats=_stats(scene), footprint=footprint)  # fmt: skip
+    return item, scene
+
+
+def _stats(scene: Scene) -> dict[str, float]:
+    return {
+        "cloud_cover": scene.cloud_cover,
+        "nodata_percentage": scene.nodata_percentage,
+        "shadow_percentage": scene.shadow_percentage,
+    }
+
+
+def _scene_truth(
+    item: dict[str, Any], acq: Acquisition, swath_cut: float | None, scene: Scene, *, sliver: bool
+) -> dict[str, Any]:
+    return {
+        "item_id": item["id"],
+        "datetime": item["properties"]["datetime"],
+        "baseline": acq.baseline,
+        "platform": item["properties"]["platform"],
+        "relative_orbit": item["properties"]["sat:relative_orbit"],
+        "swath_cut": swath_cut,
+        "sliver": sliver,
+        **_stats(scene),
+        "dark_pixels": scene.dark_pixels,
+    }
 
 
 def _scene_conditions(
@@ -283,13 +390,17 @@ def _place_markers(tile: TileGrid, n: int, rng: np.random.Generator) -> list[Mar
         x, y = tile.left + 60.0 * i, tile.top - 60.0 * j
         if all(np.hypot(x - a, y - b) > separation for a, b in chosen):
             chosen.append((x, y))
-    return [Marker(*map(float, to_lonlat.transform(x, y))) for x, y in chosen]
+    lonlat = [to_lonlat.transform(x, y) for x, y in chosen]
+    return [Marker(float(wrap_lon(lon)), float(lat)) for lon, lat in lonlat]
 
 
 def _ground_points(
     tile: TileGrid, landscape: Landscape, n: int, rng: np.random.Generator
 ) -> list[dict[str, Any]]:
-    """Points in homogeneous land cover (same class over ~80 m) well inside the tile."""
+    """Points in homogeneous land cover (same class over ~80 m) well inside the tile.
+
+    Found on the master grid (unwrapped longitudes), recorded with wrapped longitudes.
+    """
     lc = landscape.landcover
     uniform = ndimage.maximum_filter(lc, 13) == ndimage.minimum_filter(lc, 13)
     inner = tile.footprint().buffer(-0.004).bounds
@@ -305,7 +416,7 @@ def _ground_points(
         lon, lat = landscape.transform @ (c + 0.5, r + 0.5)
         out.append(
             {
-                "lon": float(lon),
+                "lon": float(wrap_lon(lon)),
                 "lat": float(lat),
                 "landcover": int(lc[r, c]),
                 "elevation": float(landscape.elevation[r, c]),
@@ -315,43 +426,62 @@ def _ground_points(
     return out
 
 
-def _write_aux(
+def _cells_box(region: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """The region grown to whole DEM cells (unwrapped longitudes)."""
+    w, s, e, n = region
+    return math.floor(w), math.floor(s), math.ceil(e), math.ceil(n)
+
+
+def _write_dem(
     root: Path, landscape: Landscape, region: tuple[float, float, float, float]
-) -> list[dict]:
-    """DEM tiles (1 arc-second, one pixel of overlap east and south) and WorldCover tiles."""
+) -> list[dict[str, Any]]:
+    """Copernicus DEM cells: whole 1° cells, the terrain evaluated at every pixel centre.
+
+    Neighbouring cells sample the same landscape, so elevation is continuous across their
+    edges; beyond the master grid (most of a cell) the landscape's edge values extend.
+    """
     items = []
-    n_dem = round(AUX_TILE_DEG / dem.RESOLUTION_DEG)
-    n_wc = round(AUX_TILE_DEG / worldcover.RESOLUTION_DEG)
-    inv = ~landscape.transform
-    for lon, lat in aux_tiles(region):
-        north = lat + AUX_TILE_DEG
-        # DEM: evaluate the terrain at each DEM pixel centre.
-        transform = Affine(dem.RESOLUTION_DEG, 0, lon, 0, -dem.RESOLUTION_DEG, north)
-        shape = (n_dem + 1, n_dem + 1)
+    for lon, lat in dem_cells(region):
+        transform, shape = dem_cell_grid(lon, lat)
         cols, rows = np.meshgrid(np.arange(shape[1]) + 0.5, np.arange(shape[0]) + 0.5)
         plon, plat = transform @ (cols, rows)
-        _, elev, _ = landscape.sample(np.asarray(plon), np.asarray(plat))
-        item = dem_item(lon, lat, "", transform, shape)
+        elev = landscape.sample_elevation(np.asarray(plon), np.asarray(plat))
+        item = dem_item(float(wrap_lon(lon)), lat, "", transform, shape)
         path = root / "data" / dem.COLLECTION / f"{item['id']}.tif"
         write_cog(path, elev, crs="EPSG:4326", transform=transform, nodata=None)
         item["assets"][dem.ASSET]["href"] = str(path)
         items.append(item)
-        # WorldCover: a crop of the master land cover, which shares its grid.
-        transform = Affine(worldcover.RESOLUTION_DEG, 0, lon, 0, -worldcover.RESOLUTION_DEG, north)
+    return items
+
+
+def _write_worldcover(
+    root: Path,
+    landscape: Landscape,
+    region: tuple[float, float, float, float],
+    rng: np.random.Generator,
+) -> list[dict[str, Any]]:
+    """WorldCover tiles of both maps, 2020 (v100) and 2021 (v200).
+
+    Crops of the master land cover (v200) and of its 2020 variant, which share its grid.
+    """
+    maps = {"v100": worldcover_2020(landscape.landcover, rng), "v200": landscape.landcover}
+    res = worldcover.RESOLUTION_DEG
+    n = round(WORLDCOVER_TILE_DEG / res)
+    inv = ~landscape.transform
+    items = []
+    for lon, lat in worldcover_tiles(region):
+        north = round(lat + WORLDCOVER_TILE_DEG, 6)
         c, r = (round(v) for v in inv @ (lon, north))
-        crop = landscape.landcover[r : r + n_wc, c : c + n_wc]
-        item = worldcover_item(lon, lat, "", transform, crop.shape)
-        path = root / "data" / worldcover.COLLECTION / f"{item['id']}_Map.tif"
-        write_cog(
-            path,
-            crop,
-            crs="EPSG:4326",
-            transform=transform,
-            nodata=worldcover.NODATA,
-            categorical=True,
-        )
-        item["assets"][worldcover.ASSET]["href"] = str(path)
-        items.append(item)
+        west = round(float(wrap_lon(lon)), 6)
+        transform = Affine(res, 0, west, 0, -res, north)
+        for version, landcover in maps.items():
+            crop = landcover[r : r + n, c : c + n]
+            item = worldcover_item(west, lat, "", transform, crop.shape, version)
+            path = root / "data" / worldcover.COLLECTION / f"{item['id']}_Map.tif"
+            write_cog(path, crop, crs="EPSG:4326", transform=transform,
+                      nodata=worldcover.NODATA, categorical=True)  # fmt: skip
+            item["assets"][worldcover.ASSET]["href"] = str(path)
+            items.append(item)
     return items
 
 
@@ -374,8 +504,12 @@ def _write_truth_rasters(root: Path, landscape: Landscape) -> None:
 
 
 def _write_catalog(
-    root: Path, items: list[dict], region: tuple[float, float, float, float], acqs: list
+    root: Path,
+    items: list[dict],
+    extents: dict[str, tuple[float, float, float, float]],
+    acqs: list[Acquisition],
 ) -> None:
+    """The static catalog; `extents`: each collection's STAC bbox (west > east across 180°)."""
     catalog = pystac.Catalog(
         id="eomae-sample-world",
         description="The eomae sample world: synthetic Sentinel-2 L2A, Copernicus DEM and "
@@ -386,10 +520,12 @@ def _write_catalog(
     spans = {
         sentinel2.COLLECTION: (start, end),
         dem.COLLECTION: ("2021-04-22T00:00:00Z", "2021-04-22T00:00:00Z"),
-        worldcover.COLLECTION: ("2021-01-01T00:00:00Z", "2021-12-31T23:59:59Z"),
+        worldcover.COLLECTION: ("2020-01-01T00:00:00Z", "2021-12-31T23:59:59Z"),
     }
     for cid, (t0, t1) in spans.items():
-        coll = pystac.Collection.from_dict(collection(cid, list(region), t0, t1), migrate=False)
+        coll = pystac.Collection.from_dict(
+            collection(cid, list(extents[cid]), t0, t1), migrate=False
+        )
         for item in items:
             if item["collection"] == cid:
                 coll.add_item(pystac.Item.from_dict(item, migrate=False))

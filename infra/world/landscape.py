@@ -2,11 +2,14 @@
 
 Everything is generated once on a geographic master grid (EPSG:4326 at WorldCover's
 1/12000°) from smooth random fields, so every product rendered from it (Sentinel-2 in
-two UTM zones, the DEM, WorldCover) shows the same ground. The structure is what a model
-can learn: elevation decides the broad land-cover zones (valleys of crops, towns and
-lakes, forested slopes, alpine meadows, bare rock and snow on top), moisture and
-cultivation fields decide between neighbours, and each class has its own spectrum,
-modulated by season and terrain illumination.
+two UTM zones, the DEM, WorldCover) shows the same ground. The master grid is in
+unwrapped longitudes (see `infra.world.layout`): across the antimeridian it runs on
+past 180°, and `Landscape.sample` unwraps the longitudes it is given to match.
+
+The structure is what a model can learn: elevation decides the broad land-cover zones
+(valleys of crops, towns and lakes, forested slopes, alpine meadows, bare rock and snow
+on top), moisture and cultivation fields decide between neighbours, and each class has
+its own spectrum, modulated by season and terrain illumination.
 
 A class is not one colour, as on real ground: each pixel mixes two end-members of its
 class (broadleaf and conifer forest, lush and dry grass, clear and turbid water, ...) by a
@@ -60,6 +63,10 @@ VARIANTS: dict[int, tuple[int, ...]] = {
     95: (200, 250, 450, 250, 700, 2000, 2500, 2700, 2800, 2600, 1100, 450),  # dense swamp
     100: (600, 700, 900, 900, 1300, 1900, 2200, 2400, 2450, 2300, 2000, 1400),  # lichen crust
 }
+# What a 2020 (v100) pixel that differs from the 2021 map shows instead: a class the
+# two algorithms confuse.
+CHANGES_2020: dict[int, int] = {10: 30, 20: 30, 30: 20, 40: 30, 50: 60, 60: 100, 70: 60,
+                                80: 90, 90: 80, 95: 10, 100: 60}  # fmt: skip
 CROPLAND = 40
 PARCEL_PX = 32  # crop parcels of ~270 m on the master grid
 VEGETATION = frozenset({10, 20, 30, 40, 90, 95})
@@ -78,7 +85,14 @@ class Landscape:
     variety: np.ndarray  # [H, W] float32 in [0, 1], weight of the VARIANTS end-member
     parcel: np.ndarray  # [H, W] int32 crop parcel id
 
+    @property
+    def center_lon(self) -> float:
+        """Longitude of the master grid's centre (unwrapped)."""
+        return float(self.transform.c + self.transform.a * self.landcover.shape[1] / 2)
+
     def _pixel_coords(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        # Any longitude (wrapped or not) to the master's own, continuous across 180°.
+        lon = self.center_lon + (np.asarray(lon) - self.center_lon + 180.0) % 360.0 - 180.0
         col, row = ~self.transform @ (lon, lat)
         return np.stack([np.asarray(row) - 0.5, np.asarray(col) - 0.5])  # centre-based
 
@@ -89,6 +103,12 @@ class Landscape:
         elev = ndimage.map_coordinates(self.elevation, coords, order=1, mode="nearest")
         shade = ndimage.map_coordinates(self.shading, coords, order=1, mode="nearest")
         return lc.astype(np.uint8), elev.astype(np.float32), shade.astype(np.float32)
+
+    def sample_elevation(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        """Elevation (bilinear) at lon/lat points; beyond the master, its edge extends."""
+        coords = self._pixel_coords(lon, lat)
+        elev = ndimage.map_coordinates(self.elevation, coords, order=1, mode="nearest")
+        return elev.astype(np.float32)
 
     def sample_variety(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Variety (bilinear) and crop parcel id (nearest) at lon/lat points."""
@@ -150,6 +170,23 @@ def build_landscape(
     shading = hillshade(elevation, south + (north - south) / 2)
     variety = np.clip(0.5 + 0.3 * smooth_noise(shape, 25, rng), 0.0, 1.0)
     return Landscape(transform, landcover, elevation, shading, variety, parcels(shape, rng))
+
+
+def worldcover_2020(landcover: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The 2020 map (WorldCover v100) of the same ground: ~3 % of pixels in another class.
+
+    The real v100 and v200 maps differ by their algorithms more than by change on the
+    ground; here smooth patches (tens of metres) get a neighbouring class (CHANGES_2020),
+    deterministic for a seed, so reading the wrong version is visible.
+    """
+    field = smooth_noise(landcover.shape, 24, rng)
+    patches = field > np.quantile(field, 0.97)
+    table = np.arange(256, dtype=np.uint8)
+    for code, other in CHANGES_2020.items():
+        table[code] = other
+    out = landcover.copy()
+    out[patches] = table[landcover[patches]]
+    return out
 
 
 def parcels(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

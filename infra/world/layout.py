@@ -1,34 +1,123 @@
-"""Where the sample world lies: Sentinel-2 tile grids, acquisition dates, DEM/WorldCover tiling.
+"""Where the sample world lies: regions, Sentinel-2 tile grids, dates, DEM/WorldCover tiling.
 
-The region straddles the boundary between UTM zones 32 and 33 (12°E) in the Alps, so
-tiles of both zones overlap the same ground and ingest has to reproject across zones.
-Tiles are scaled-down Sentinel-2 tiles: UTM, 10 m, origins on the 60 m grid so the
-10/20/60 m rasters nest exactly, overlapping their neighbours like the real MGRS grid.
+A region straddles a UTM zone boundary (`REGIONS`), so tiles of both zones overlap the
+same ground and ingest has to reproject across zones: 12°E in the Alps (zones 32/33),
+-150° in Alaska (zones 5/6) and the antimeridian in Chukotka (zones 60/1). Tiles are
+scaled-down Sentinel-2 tiles: UTM, 10 m, origins on the 60 m grid so the 10/20/60 m
+rasters nest exactly, overlapping their neighbours like the real MGRS grid.
+
+Longitudes. Everything built here in lon/lat (footprints, the region box, the DEM and
+WorldCover tiling, the landscape's master grid) is in *unwrapped* longitudes: continuous
+around the region's boundary meridian, so in the antimeridian region the ground east of
+180° has longitudes 180..181 rather than -180..-179 and boxes never wrap. What leaves the
+generator for STAC (item geometries and bboxes, collection extents, `truth["region"]`,
+ids, rasters of DEM/WorldCover cells) is wrapped to [-180, 180] by `stac_bbox` and
+`infra.world.stac.stac_geometry`, following RFC 7946: a box across 180° has west > east.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from typing import TypeVar
 
+import numpy as np
+import shapely
 from affine import Affine
 from pyproj import Transformer
-from rasterio.warp import transform_geom
-from shapely.geometry import Polygon, box, shape
+from shapely.geometry import Polygon, box
 
-from infra.world.config import WorldConfig
+from infra.world.config import RegionName, WorldConfig
 from ingest.sources import sentinel2
 
-CENTER_LAT = 47.30
-ZONE_BOUNDARY_LON = 12.0
 TILE_OVERLAP = 0.1  # fraction of a tile shared with its neighbour
-AUX_TILE_DEG = 0.05  # DEM and WorldCover tiles: scaled down from the real 1° and 3°
-OFFSET_BASELINE_DATE = date(2022, 1, 25)  # first day of processing baseline 04.00
+WORLDCOVER_TILE_DEG = 0.05  # WorldCover tiles: scaled down from the real 3°
+# Copernicus DEM GLO-30 cells are 1° with 1" spacing; the world's are 1° with a coarser
+# base spacing (3", 1200 x 1200 per cell) to stay small. Only the generator uses this.
+DEM_CELL_DEG = 1
+DEM_BASE_SPACING_DEG = 3 / 3600
 METERS_PER_DEG_LAT = 111_320.0
+# The next overpass of the same satellite, on the adjacent orbit (period ~100.6 min).
+ORBIT_PERIOD = timedelta(minutes=100, seconds=37, milliseconds=101)
+# ESA's Level-2A processing baselines by sensing date (from the Copernicus Data Space
+# "Sentinel-2 L2A baselines" table), as Planetary Computer's items carry them.
+BASELINES: tuple[tuple[date, str], ...] = (
+    (date(2019, 5, 6), "02.12"),
+    (date(2020, 2, 4), "02.14"),
+    (date(2021, 3, 30), "03.00"),
+    (date(2021, 6, 30), "03.01"),
+    (date(2022, 1, 25), "04.00"),  # first with the +1000 DN offset
+    (date(2022, 12, 6), "05.09"),
+    (date(2023, 12, 13), "05.10"),
+)
 
-# Tile names styled like MGRS (zone, latitude band T, 100 km square); not real extents.
-_NAMES = {32: ("32TQT", "32TPT", "32TNT"), 33: ("33TUN", "33TVN", "33TWN")}
+T = TypeVar("T", float, np.ndarray)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A world's place: its latitude, the UTM zone boundary its tiles straddle, tile names.
+
+    `boundary_lon` is unwrapped (180 for the antimeridian); `names` maps a UTM zone to
+    MGRS-styled tile names (zone, latitude band, 100 km square; not real extents), given
+    in the order tiles of that zone are assigned them, west to east.
+    """
+
+    name: RegionName
+    center_lat: float
+    boundary_lon: float
+    names: dict[int, tuple[str, str, str]]
+    overpass_utc: time  # ~10:30 local solar time, in UTC
+
+
+REGIONS: dict[RegionName, Region] = {
+    "alps": Region(
+        "alps", 47.30, 12.0,
+        {32: ("32TQT", "32TPT", "32TNT"), 33: ("33TUN", "33TVN", "33TWN")},
+        time(10, 20, 31),
+    ),
+    "alaska": Region(
+        "alaska", 61.40, -150.0,
+        {5: ("05VNL", "05VPL", "05VML"), 6: ("06VUR", "06VVR", "06VWR")},
+        time(21, 15, 21),
+    ),
+    "antimeridian": Region(
+        "antimeridian", 65.40, 180.0,
+        {60: ("60WVT", "60WWT", "60WUT"), 1: ("01WCN", "01WDN", "01WEN")},
+        time(22, 5, 41),  # early enough that the next orbit is still on the same UTC day
+    ),
+}  # fmt: skip
+
+
+def wrap_lon(lon: T) -> T:
+    """Longitude in [-180, 180)."""
+    return (lon + 180.0) % 360.0 - 180.0
+
+
+def unwrap_lon(lon: T, ref: float) -> T:
+    """Longitude in [ref - 180, ref + 180): continuous around the meridian `ref`."""
+    return ref + wrap_lon(lon - ref)
+
+
+def stac_bbox(bounds: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """An unwrapped lon/lat box as STAC writes it: wrapped, west > east if it crosses 180°."""
+    w, s, e, n = bounds
+    east = -wrap_lon(-e)  # in (-180, 180], so an east edge on 180 stays 180
+    return round(wrap_lon(w), 9), round(s, 9), round(east, 9), round(n, 9)
+
+
+def to_lonlat(poly: Polygon, epsg: int, lon_ref: float) -> Polygon:
+    """A polygon of a projected CRS in lon/lat (unwrapped around `lon_ref`), densified."""
+    w, s, e, n = poly.bounds
+    dense = poly.segmentize(max(e - w, n - s) / 16)
+    to_ll = Transformer.from_crs(epsg, 4326, always_xy=True)
+
+    def project(xy: np.ndarray) -> np.ndarray:
+        lon, lat = to_ll.transform(xy[:, 0], xy[:, 1])
+        return np.column_stack([unwrap_lon(np.asarray(lon), lon_ref), lat])
+
+    return shapely.transform(dense, project)
 
 
 @dataclass(frozen=True)
@@ -40,6 +129,7 @@ class TileGrid:
     left: float
     top: float
     size: int  # pixels at 10 m
+    lon_ref: float = 0.0  # footprints are unwrapped around this meridian
 
     def transform(self, resolution: int = 10) -> Affine:
         """Affine transform of this tile's grid at `resolution` metres."""
@@ -57,9 +147,8 @@ class TileGrid:
         return self.left, self.top - extent, self.left + extent, self.top
 
     def footprint(self) -> Polygon:
-        """The tile outline in EPSG:4326 (densified, so edges stay true after reprojection)."""
-        outline = box(*self.bounds).segmentize(self.size * 10.0 / 16)
-        return shape(transform_geom(f"EPSG:{self.epsg}", "EPSG:4326", outline.__geo_interface__))
+        """The tile outline in lon/lat, unwrapped longitudes (see the module docstring)."""
+        return to_lonlat(box(*self.bounds), self.epsg, self.lon_ref)
 
 
 @dataclass(frozen=True)
@@ -74,49 +163,69 @@ class Acquisition:
         """True when its DNs carry the +1000 offset of baseline 04.00 and later."""
         return sentinel2.baseline_has_offset(self.baseline)
 
+    def next_orbit(self) -> Acquisition:
+        """The same satellite one orbit later, processed with the same baseline."""
+        return Acquisition(self.when + ORBIT_PERIOD, self.baseline)
+
 
 def utm_epsg(lon: float) -> int:
-    """EPSG code of the northern-hemisphere UTM zone containing `lon`."""
-    return 32600 + int(math.floor((lon + 180.0) / 6.0)) + 1
+    """EPSG code of the northern-hemisphere UTM zone containing `lon` (any longitude)."""
+    return 32600 + int(math.floor((wrap_lon(lon) + 180.0) / 6.0)) + 1
 
 
 def tile_grids(cfg: WorldConfig) -> list[TileGrid]:
-    """Tiles alternate around 12°E, west ones in zone 32, east ones in zone 33."""
-    width_deg = cfg.tile_size * 10.0 / (METERS_PER_DEG_LAT * math.cos(math.radians(CENTER_LAT)))
+    """Tiles alternate around the region's zone boundary, west ones in the western zone."""
+    region = REGIONS[cfg.region]
+    lat = region.center_lat
+    width_deg = cfg.tile_size * 10.0 / (METERS_PER_DEG_LAT * math.cos(math.radians(lat)))
     step = width_deg * (1.0 - TILE_OVERLAP)
     n_west = (cfg.tiles + 1) // 2
-    centers = [ZONE_BOUNDARY_LON - (k + 0.5) * step for k in range(n_west)]
-    centers += [ZONE_BOUNDARY_LON + (k + 0.5) * step for k in range(cfg.tiles - n_west)]
+    b = region.boundary_lon
+    centers = [b - (k + 0.5) * step for k in range(n_west)]
+    centers += [b + (k + 0.5) * step for k in range(cfg.tiles - n_west)]
     grids = []
     used: dict[int, int] = {}
     for lon in sorted(centers):
         epsg = utm_epsg(lon)
         zone = epsg - 32600
-        x, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(lon, CENTER_LAT)
+        x, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(wrap_lon(lon), lat)
         half = cfg.tile_size * 10.0 / 2
         left = math.floor((x - half) / 60.0) * 60.0
         top = math.ceil((y + half) / 60.0) * 60.0
-        name = _NAMES[zone][used.get(zone, 0)]
+        name = region.names[zone][used.get(zone, 0)]
         used[zone] = used.get(zone, 0) + 1
-        grids.append(TileGrid(name, epsg, left, top, cfg.tile_size))
+        grids.append(TileGrid(name, epsg, left, top, cfg.tile_size, b))
     return grids
 
 
+def processing_baseline(sensed: date) -> str:
+    """The L2A processing baseline of a product sensed on `sensed` (see BASELINES)."""
+    current = BASELINES[0][1]
+    for start, baseline in BASELINES:
+        if sensed >= start:
+            current = baseline
+    return current
+
+
 def acquisitions(cfg: WorldConfig) -> list[Acquisition]:
-    """Dates spread evenly from spring 2021 to autumn 2022: both baselines, all seasons."""
-    start, end = datetime(2021, 3, 15, 10, 20, 31, tzinfo=UTC), datetime(2022, 10, 15, tzinfo=UTC)
+    """Dates spread evenly from spring 2021 to autumn 2022: several baselines, all seasons.
+
+    Sensing times carry milliseconds, as real ones do (10:20:31.024); they differ by date.
+    """
+    overpass = REGIONS[cfg.region].overpass_utc
+    start, end = datetime(2021, 3, 15, tzinfo=UTC), datetime(2022, 10, 15, tzinfo=UTC)
     span = (end - start) / (cfg.dates - 1)
     out = []
     for i in range(cfg.dates):
-        when = start + i * span
-        when = when.replace(hour=10, minute=20, second=31, microsecond=0)
-        baseline = "04.00" if when.date() >= OFFSET_BASELINE_DATE else "03.01"
-        out.append(Acquisition(when, baseline))
+        day = (start + i * span).date()
+        millis = (24 + 131 * i) % 1000 or 1
+        when = datetime.combine(day, overpass, tzinfo=UTC).replace(microsecond=millis * 1000)
+        out.append(Acquisition(when, processing_baseline(day)))
     return out
 
 
 def tiles_bounds(grids: list[TileGrid]) -> tuple[float, float, float, float]:
-    """Lon/lat box around all tile footprints."""
+    """Lon/lat box around all tile footprints (unwrapped longitudes)."""
     boxes = [g.footprint().bounds for g in grids]
     return (
         min(b[0] for b in boxes),
@@ -126,27 +235,69 @@ def tiles_bounds(grids: list[TileGrid]) -> tuple[float, float, float, float]:
     )
 
 
-def region_bounds(grids: list[TileGrid]) -> tuple[float, float, float, float]:
-    """Lon/lat box around all tiles, snapped outward to the DEM/WorldCover tiling."""
+def region_box(grids: list[TileGrid]) -> tuple[float, float, float, float]:
+    """Box around all tiles snapped outward to the WorldCover tiling (unwrapped longitudes).
+
+    The landscape's master grid covers exactly this box.
+    """
     w, s, e, n = tiles_bounds(grids)
 
     def snap(v: float, up: bool) -> float:
-        k = v / AUX_TILE_DEG
-        return round((math.ceil(k - 1e-9) if up else math.floor(k + 1e-9)) * AUX_TILE_DEG, 6)
+        k = v / WORLDCOVER_TILE_DEG
+        return round((math.ceil(k - 1e-9) if up else math.floor(k + 1e-9)) * WORLDCOVER_TILE_DEG, 6)
 
     return snap(w, False), snap(s, False), snap(e, True), snap(n, True)
 
 
-def aux_tiles(region: tuple[float, float, float, float]) -> list[tuple[float, float]]:
-    """South-west corners (lon, lat) of the DEM/WorldCover tiles that cover the region."""
+def region_bounds(grids: list[TileGrid]) -> tuple[float, float, float, float]:
+    """The world's region as a STAC bbox: `region_box` wrapped, west > east across 180°."""
+    return stac_bbox(region_box(grids))
+
+
+def worldcover_tiles(region: tuple[float, float, float, float]) -> list[tuple[float, float]]:
+    """South-west corners (unwrapped lon, lat) of the WorldCover tiles that cover `region`."""
     w, s, e, n = region
-    nx = round((e - w) / AUX_TILE_DEG)
-    ny = round((n - s) / AUX_TILE_DEG)
+    nx = round((e - w) / WORLDCOVER_TILE_DEG)
+    ny = round((n - s) / WORLDCOVER_TILE_DEG)
     return [
-        (round(w + i * AUX_TILE_DEG, 6), round(s + j * AUX_TILE_DEG, 6))
+        (round(w + i * WORLDCOVER_TILE_DEG, 6), round(s + j * WORLDCOVER_TILE_DEG, 6))
         for j in range(ny)
         for i in range(nx)
     ]
+
+
+def dem_cells(region: tuple[float, float, float, float]) -> list[tuple[int, int]]:
+    """South-west corners (unwrapped lon, lat) of the 1° DEM cells that cover `region`."""
+    w, s, e, n = region
+    return [
+        (lon, lat)
+        for lat in range(math.floor(s), math.ceil(n), DEM_CELL_DEG)
+        for lon in range(math.floor(w), math.ceil(e), DEM_CELL_DEG)
+    ]
+
+
+def dem_lon_factor(lat: int) -> float:
+    """Copernicus DEM widens the longitude spacing towards the poles, by this factor.
+
+    `lat` is the cell's south edge; the band is that of the cell's edge nearer the equator
+    (1 up to 50°, 1.5 to 60°, 2 to 70°, 3 to 80°, 5 to 85°, 10 beyond).
+    """
+    band = lat if lat >= 0 else -lat - 1
+    for limit, factor in ((50, 1.0), (60, 1.5), (70, 2.0), (80, 3.0), (85, 5.0)):
+        if band < limit:
+            return factor
+    return 10.0
+
+
+def dem_cell_grid(lon: int, lat: int) -> tuple[Affine, tuple[int, int]]:
+    """Transform (wrapped longitudes) and (height, width) of the DEM cell at (lon, lat).
+
+    The cell's edges are its whole degrees, as the item footprint says.
+    """
+    dy = DEM_BASE_SPACING_DEG
+    dx = dy * dem_lon_factor(lat)
+    shape = (round(DEM_CELL_DEG / dy), round(DEM_CELL_DEG / dx))
+    return Affine(dx, 0.0, float(wrap_lon(lon)), 0.0, -dy, float(lat + DEM_CELL_DEG)), shape
 
 
 def day_of_year(when: datetime) -> int:

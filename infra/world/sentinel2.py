@@ -4,7 +4,14 @@ Reflectance is rendered at 10 m from the landscape and integrated (block mean) t
 and 60 m, as the sensor's coarser bands see the same ground. Clouds are smooth fields
 with soft edges; their shadows are the cloud mask shifted away from the sun. The scene
 classification (SCL) marks exactly what was rendered, so cloud cover computed from it is
-the truth. Products of baseline 04.00 and later carry the +1000 DN offset.
+the truth. Products of baseline 04.00 and later carry the +1000 DN offset, and as in
+real ones, dark surfaces (water in the SWIR, more so in cloud shadow) come out at or
+below it: noise and atmospheric correction put their reflectance at or under zero, stored
+as DN 1..1000; 0 is reserved for nodata.
+
+A scene at a swath edge has nodata beyond a tilted line (`swath_edge`), and its STAC
+geometry is the part of the tile with data (`data_footprint`), as Planetary Computer's
+are. A sliver is the extreme: the next orbit's swath just touching a tile corner.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from pyproj import Transformer
 from scipy import ndimage
+from shapely import affinity
+from shapely.geometry import Polygon, box
 
 from infra.world.landscape import VEGETATION, Landscape, reflectance, smooth_noise
 from infra.world.layout import Acquisition, TileGrid, day_of_year
@@ -34,6 +43,10 @@ SHADOW_SHIFT_PX = (-52, -30)  # 600 m towards the north-west: the sun is in the 
 SHADOW_DARKENING = 0.35
 NOISE_RELATIVE = 0.03
 NOISE_ABSOLUTE = 25.0
+# Swath edge of a sliver: data only in a corner triangle of ~0.4 % of the tile.
+SLIVER_CUT = 0.05
+# The swath edge: nodata where EDGE_U * u + EDGE_V * v > cut (u, v in [0, 1] east, south).
+EDGE_U, EDGE_V = 0.94, 0.34
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,7 @@ class Scene:
     cloud_cover: float  # percent of non-nodata SCL pixels that are cloud or cirrus
     nodata_percentage: float
     shadow_percentage: float
+    dark_pixels: int  # band pixels with data stored at or below the offset (DN 1..1000)
 
 
 def pixel_centres_lonlat(tile: TileGrid, resolution: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,21 +125,49 @@ def block_mean(a: np.ndarray, factor: int) -> np.ndarray:
 
 
 def swath_edge(shape: tuple[int, int], cut: float) -> np.ndarray:
-    """Nodata beyond a tilted orbit-swath edge; `cut` in (0, 1.28) sets how much is lost."""
+    """Nodata beyond a tilted orbit-swath edge; `cut` in (0, 1.28) sets how much is kept.
+
+    A pixel has data when its centre lies west of the edge; a small `cut` (SLIVER_CUT)
+    leaves only a triangle at the north-west corner.
+    """
     h, w = shape
     v, u = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
-    return 0.94 * u + 0.34 * v > cut
+    return EDGE_U * u + EDGE_V * v > cut
+
+
+def data_footprint(tile: TileGrid, cut: float | None) -> Polygon:
+    """The part of the tile with data, in its UTM CRS: the tile west of the swath edge."""
+    outline = box(*tile.bounds)
+    if cut is None:
+        return outline
+    # The half-plane EDGE_U * u + EDGE_V * v <= cut in tile units (u east, v south) ...
+    far = 10.0
+    edge = [((cut - EDGE_V * v) / EDGE_U, v) for v in (-far, far)]
+    half_plane = Polygon([*edge, (-far, far), (-far, -far)])
+    # ... in metres: x = left + u * extent, y = top - v * extent.
+    extent = tile.size * 10.0
+    half_plane = affinity.affine_transform(half_plane, [extent, 0, 0, -extent, tile.left, tile.top])
+    kept = outline.intersection(half_plane)
+    assert isinstance(kept, Polygon) and not kept.is_empty, f"swath cut {cut} leaves no data"
+    return kept
 
 
 def clouds(
-    surface: TileSurface, target: float, rng: np.random.Generator
+    surface: TileSurface,
+    target: float,
+    rng: np.random.Generator,
+    within: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cloud opacity [H, W] in [0, 1] covering ~`target` of the tile, and the shadow mask."""
+    """Cloud opacity [H, W] in [0, 1] and the shadow mask.
+
+    Clouds cover ~`target` of the pixels in `within` [H, W] bool (default: the tile): the
+    part of a swath-cut scene with data, so cloud cover means the same on every scene.
+    """
     field = smooth_noise(surface.landcover.shape, 40, rng)
     if target <= 0:
         alpha = np.zeros_like(field)
     else:
-        threshold = np.quantile(field, 1.0 - target)
+        threshold = np.quantile(field if within is None else field[within], 1.0 - target)
         alpha = np.clip((field - threshold) / 0.6, 0.0, 1.0)
     keep_clear = ndimage.binary_dilation(surface.markers, iterations=MARKER_CLEAR_RADIUS_PX)
     alpha[keep_clear] = 0.0
@@ -165,7 +207,8 @@ def render_scene(
 ) -> Scene:
     """Render all bands and the SCL of one acquisition of one tile.
 
-    `bare_parcels`: per crop parcel id, whether it lies bare on this date.
+    `bare_parcels`: per crop parcel id, whether it lies bare on this date. DNs with data
+    are never 0 (nodata); with the offset of baseline 04.00 dark pixels go down to 1.
     """
     refl = reflectance(surface.landcover, surface.shading, day_of_year(acquisition.when),
                        surface.variety, bare_parcels[surface.parcel])  # fmt: skip
@@ -174,17 +217,21 @@ def render_scene(
         refl.shape, dtype=np.float32
     )
     refl[:, surface.markers] = MARKER_SPECTRUM[:, None]
-    alpha, shadow = clouds(surface, cloud_target, rng)
+    cut10 = None if swath_cut is None else swath_edge(surface.landcover.shape, swath_cut)
+    alpha, shadow = clouds(surface, cloud_target, rng, None if cut10 is None else ~cut10)
     refl = np.where(shadow[None], refl * SHADOW_DARKENING, refl)
     refl = (1 - alpha[None]) * refl + alpha[None] * CLOUD_SPECTRUM[:, None, None]
 
     offset = sentinel2.BOA_ADD_OFFSET if acquisition.has_offset else 0
     bands = {}
+    dark = 0
     for i, band in enumerate(sentinel2.BANDS):
         native = block_mean(refl[i], band.resolution_m // 10)
-        dn = np.clip(np.rint(native), 1, 65535 - offset) + offset
+        dn = np.clip(np.rint(native) + offset, 1, 65535)
         if swath_cut is not None:
             dn[swath_edge(native.shape, swath_cut)] = sentinel2.NODATA
+        if offset:
+            dark += int(((dn != sentinel2.NODATA) & (dn <= offset)).sum())
         bands[band.name] = dn.astype(np.uint16)
 
     scl_shape = tile.shape(sentinel2.SCL_RESOLUTION_M)
@@ -201,4 +248,5 @@ def render_scene(
         cloud_cover=round(100.0 * float(cloudy.sum()) / n_obs, 4),
         nodata_percentage=round(100.0 * float((~observed).sum()) / scl.size, 4),
         shadow_percentage=round(100.0 * float((scl == SceneClass.CLOUD_SHADOW).sum()) / n_obs, 4),
+        dark_pixels=dark,
     )

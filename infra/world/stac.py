@@ -3,6 +3,11 @@
 Built as plain dicts, field for field what PC serves for `sentinel-2-l2a`,
 `cop-dem-glo-30` and `esa-worldcover` (ids, asset keys, `proj:*` per asset, `eo:bands`,
 `raster:bands` with scale/offset, `s2:*` properties), then checked by pystac.
+
+Geometries follow RFC 7946 as PC's do: a Sentinel-2 item's geometry is its data
+footprint, and one that crosses the antimeridian is a MultiPolygon split at ±180° with a
+bbox whose west is greater than its east (`stac_geometry`). DEM cells and WorldCover
+tiles end at 180°, so theirs never cross it.
 """
 
 from __future__ import annotations
@@ -10,10 +15,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import shapely
 from affine import Affine
-from shapely.geometry import Polygon, box, mapping
+from shapely.geometry import MultiPolygon, Polygon, box, mapping
+from shapely.geometry.base import BaseGeometry
 
-from infra.world.layout import Acquisition, TileGrid, processing_time
+from infra.world.layout import Acquisition, TileGrid, processing_time, wrap_lon
 from ingest.sources import dem, sentinel2, worldcover
 
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -39,8 +46,27 @@ def _proj(epsg: int, transform: Affine, shape: tuple[int, int]) -> dict[str, Any
     }
 
 
-def _geometry(poly: Polygon) -> tuple[dict[str, Any], list[float]]:
-    return mapping(poly), [round(v, 7) for v in poly.bounds]
+def _polygons(geom: BaseGeometry) -> list[Polygon]:
+    return [g for g in getattr(geom, "geoms", [geom]) if isinstance(g, Polygon) and not g.is_empty]
+
+
+def stac_geometry(poly: Polygon) -> tuple[dict[str, Any], list[float]]:
+    """GeoJSON geometry and bbox of a lon/lat polygon given in unwrapped longitudes.
+
+    Shifted into [-180, 180); a polygon that then crosses 180° is cut there into a
+    MultiPolygon whose eastern part is shifted by -360°, and its bbox has west > east.
+    """
+    shift = float(wrap_lon(poly.bounds[0])) - poly.bounds[0]
+    poly = shapely.transform(poly, lambda xy: xy + [shift, 0.0])
+    w, s, e, n = poly.bounds
+    if e <= 180.0:
+        return mapping(poly), [round(v, 7) for v in (w, s, e, n)]
+    west = _polygons(poly.intersection(box(w - 1, -90, 180, 90)))
+    east = _polygons(poly.intersection(box(180, -90, e + 1, 90)))
+    east = [shapely.transform(g, lambda xy: xy - [360.0, 0.0]) for g in east]
+    multi = MultiPolygon(west + east)
+    bbox = [min(g.bounds[0] for g in west), s, max(g.bounds[2] for g in east), n]
+    return mapping(multi), [round(v, 7) for v in bbox]
 
 
 def sentinel2_item_id(tile: TileGrid, acq: Acquisition, platform: str, orbit: int) -> str:
@@ -58,9 +84,13 @@ def sentinel2_item(
     orbit: int,
     hrefs: dict[str, str],
     stats: dict[str, float],
+    footprint: Polygon,
 ) -> dict[str, Any]:
-    """The item of one scene; `hrefs` maps asset key (band names and SCL) to a file path."""
-    geometry, bbox = _geometry(tile.footprint())
+    """The item of one scene; `hrefs` maps asset key (band names and SCL) to a file path.
+
+    `footprint`: where the scene has data, in lon/lat (unwrapped longitudes).
+    """
+    geometry, bbox = stac_geometry(footprint)
     offset = -sentinel2.BOA_ADD_OFFSET * sentinel2.REFLECTANCE_SCALE if acq.has_offset else 0.0
     assets: dict[str, Any] = {}
     for band in sentinel2.BANDS:
@@ -143,7 +173,7 @@ def _aux_item(
     h, w = shape
     west, north = transform.c, transform.f
     east, south = west + w * transform.a, north + h * transform.e
-    geometry, bbox = _geometry(box(west, south, east, north))
+    geometry, bbox = stac_geometry(box(west, south, east, north))
     return {
         "type": "Feature",
         "stac_version": "1.0.0",
@@ -167,7 +197,7 @@ def _aux_item(
 
 
 def dem_item_id(lon: float, lat: float) -> str:
-    """PC's DEM id; the fraction of a degree shows where the scaled-down tile starts."""
+    """PC's DEM id of the cell whose south-west corner is lon/lat (whole degrees)."""
     lat_d, lat_f = divmod(round(abs(lat) * 100), 100)
     lon_d, lon_f = divmod(round(abs(lon) * 100), 100)
     ns, ew = ("N" if lat >= 0 else "S"), ("E" if lon >= 0 else "W")
@@ -175,7 +205,7 @@ def dem_item_id(lon: float, lat: float) -> str:
 
 
 def dem_item(lon: float, lat: float, href: str, transform: Affine, shape: tuple[int, int]) -> dict:
-    """A Copernicus DEM GLO-30 item for the tile whose south-west corner is lon/lat."""
+    """A Copernicus DEM GLO-30 item for the 1° cell whose south-west corner is lon/lat."""
     return _aux_item(
         dem.COLLECTION,
         dem_item_id(lon, lat),
@@ -188,32 +218,46 @@ def dem_item(lon: float, lat: float, href: str, transform: Affine, shape: tuple[
     )
 
 
-def worldcover_item_id(lon: float, lat: float) -> str:
-    """PC's WorldCover id with fractional degrees for the scaled-down tiling."""
+# The two maps in PC's `esa-worldcover`: version tag -> (year, esa_worldcover:product_version).
+WORLDCOVER_MAPS: dict[str, tuple[int, str]] = {"v100": (2020, "1.0.0"), "v200": (2021, "2.0.0")}
+
+
+def worldcover_item_id(lon: float, lat: float, version: str = "v200") -> str:
+    """PC's WorldCover id (year, version tag), fractional degrees for the scaled-down tiling.
+
+    E.g. ESA_WorldCover_10m_2021_v200_N47.30E011.95.
+    """
+    year = WORLDCOVER_MAPS[version][0]
     ns, ew = ("N" if lat >= 0 else "S"), ("E" if lon >= 0 else "W")
-    return f"ESA_WorldCover_10m_2021_v200_{ns}{abs(lat):05.2f}{ew}{abs(lon):06.2f}"
+    return f"ESA_WorldCover_10m_{year}_{version}_{ns}{abs(lat):05.2f}{ew}{abs(lon):06.2f}"
 
 
 def worldcover_item(
-    lon: float, lat: float, href: str, transform: Affine, shape: tuple[int, int]
+    lon: float,
+    lat: float,
+    href: str,
+    transform: Affine,
+    shape: tuple[int, int],
+    version: str = "v200",
 ) -> dict:
-    """An ESA WorldCover 2021 (v200) item, asset `map` with its class table."""
+    """An ESA WorldCover item of the 2020 (v100) or 2021 (v200) map, asset `map`."""
+    year, product = WORLDCOVER_MAPS[version]
     classes = [
         {"value": c.code, "description": c.name, "color_hint": c.color.lstrip("#").upper()}
         for c in worldcover.CLASSES
     ]
     return _aux_item(
         worldcover.COLLECTION,
-        worldcover_item_id(lon, lat),
+        worldcover_item_id(lon, lat, version),
         worldcover.ASSET,
         href,
         transform,
         shape,
         {
             "datetime": None,
-            "start_datetime": "2021-01-01T00:00:00Z",
-            "end_datetime": "2021-12-31T23:59:59Z",
-            "esa_worldcover:product_version": "2.0.0",
+            "start_datetime": f"{year}-01-01T00:00:00Z",
+            "end_datetime": f"{year}-12-31T23:59:59Z",
+            "esa_worldcover:product_version": product,
             "mission": "sentinel-1, sentinel-2",
         },
         {
