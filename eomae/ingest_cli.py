@@ -19,7 +19,8 @@ from eomae.config import Command
 from infra.services import LocalServices
 from infra.world import WorldConfig, generate_world
 from ingest.catalog import PLANETARY_COMPUTER, open_catalog
-from ingest.config import BBox, IngestConfig, check_bbox
+from ingest.config import BBox, IngestConfig, bbox_geometry, check_bbox
+from ingest.grid import parts
 from ingest.run import UnitResult, run_ingest
 from ingest.sources import sentinel2
 
@@ -101,14 +102,20 @@ class SearchCommand(Command):
         """Run the search and print a table of the items."""
         catalog = open_catalog(self.catalog)
         sortby = "eo:cloud_cover" if self.collection == sentinel2.COLLECTION else None
-        items = catalog.search(
-            self.collection,
-            bbox=self.bbox,
-            datetime=self.datetime,
-            max_cloud_cover=self.max_cloud_cover,
-            sortby=sortby,
-            limit=self.limit,
-        )
+        # A box across 180° is searched as its two halves: STAC APIs differ on west > east.
+        boxes = [None] if self.bbox is None else [g.bounds for g in parts(bbox_geometry(self.bbox))]
+        found: dict[str, Any] = {}
+        for bbox in boxes:
+            for item in catalog.search(
+                self.collection,
+                bbox=bbox,
+                datetime=self.datetime,
+                max_cloud_cover=self.max_cloud_cover,
+                sortby=sortby,
+                limit=self.limit,
+            ):
+                found.setdefault(item.id, item)
+        items = list(found.values())
         print_items(items, title=f"{self.collection} @ {catalog.url}")
 
 

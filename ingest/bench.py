@@ -136,13 +136,14 @@ def _footprint(grid: Grid) -> BaseGeometry:
 def _search(
     catalog: str, aoi: Sequence[float], datetime: str
 ) -> tuple[dict[str, pystac.Item], list[pystac.Item], list[pystac.Item]]:
-    """S2 items by id, DEM items and WorldCover items over the AOI: three plain searches."""
+    """S2 items by id, DEM items and WorldCover items (the latest map) over the AOI."""
     client = pystac_client.Client.open(catalog)
     bbox = list(aoi)
     scenes = client.search(collections=[sentinel2.COLLECTION], bbox=bbox, datetime=datetime)
     dems = client.search(collections=[dem.COLLECTION], bbox=bbox)
     lcs = client.search(collections=[worldcover.COLLECTION], bbox=bbox)
-    return {i.id: i for i in scenes.items()}, list(dems.items()), list(lcs.items())
+    latest = [i for i in lcs.items() if worldcover.item_version(i.to_dict()) == worldcover.LATEST]
+    return {i.id: i for i in scenes.items()}, list(dems.items()), latest
 
 
 def _covering(items: list[pystac.Item], grid: Grid) -> list[pystac.Item]:

@@ -90,10 +90,10 @@ def chip_grid(
     origin) does not depend on the AOI, the tile or the run.
     """
     extent = chip_size * RESOLUTION_M
-    parts = [transform_bounds("EPSG:4326", f"EPSG:{epsg}", *part.bounds, densify_pts=21)
-             for part in getattr(aoi, "geoms", [aoi])]  # an AOI split at 180° has two  # fmt: skip
-    aoi_bounds = (min(b[0] for b in parts), min(b[1] for b in parts),
-                  max(b[2] for b in parts), max(b[3] for b in parts))  # fmt: skip
+    envelopes = [transform_bounds("EPSG:4326", f"EPSG:{epsg}", *part.bounds, densify_pts=21)
+                 for part in parts(aoi)]  # an AOI split at 180° has two  # fmt: skip
+    aoi_bounds = (min(b[0] for b in envelopes), min(b[1] for b in envelopes),
+                  max(b[2] for b in envelopes), max(b[3] for b in envelopes))  # fmt: skip
     left = max(tile_bounds[0], aoi_bounds[0])
     bottom = max(tile_bounds[1], aoi_bounds[1])
     right = min(tile_bounds[2], aoi_bounds[2])
@@ -105,6 +105,11 @@ def chip_grid(
     width = round((right - left) / RESOLUTION_M)
     height = round((top - bottom) / RESOLUTION_M)
     return Grid(epsg, float(left), float(top), width, height)
+
+
+def parts(geometry: BaseGeometry) -> list[BaseGeometry]:
+    """The polygons of a geometry: two for a footprint split at 180°, else itself."""
+    return list(getattr(geometry, "geoms", [geometry]))
 
 
 @lru_cache(maxsize=64)
@@ -136,5 +141,4 @@ def lonlat_footprint(
     east = shapely.transform(
         unwrapped.intersection(box(180, -90, 360, 90)), lambda xy: xy - [360.0, 0.0]
     )
-    parts = [g for g in (west, east) if not g.is_empty]
-    return MultiPolygon([p for g in parts for p in getattr(g, "geoms", [g])])
+    return MultiPolygon([p for g in (west, east) if not g.is_empty for p in parts(g)])

@@ -21,7 +21,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window, from_bounds
 
-from ingest.grid import Grid
+from ingest.grid import Grid, parts
 from ingest.raster import ReadError, read_signed, redact, retry_transient
 
 MARGIN_PX = 2  # source pixels around the footprint, so the kernel has neighbours at its edge
@@ -46,10 +46,10 @@ def footprint_bounds(grid: Grid) -> tuple[float, Bounds]:
     lon0 is 180 for a footprint split at the antimeridian, else 0.
     """
     footprint = grid.footprint()
-    parts = list(getattr(footprint, "geoms", [footprint]))
-    lon0 = 180.0 if len(parts) > 1 else 0.0
+    polygons = parts(footprint)
+    lon0 = 180.0 if len(polygons) > 1 else 0.0
     xs, ys = [], []
-    for part in parts:
+    for part in polygons:
         for x, y in part.exterior.coords:
             xs.append(_wrap(x - lon0))
             ys.append(y)

@@ -26,7 +26,7 @@ from shapely.geometry.base import BaseGeometry
 
 from ingest.catalog import Catalog, CatalogError
 from ingest.config import IngestConfig
-from ingest.grid import Grid, chip_grid, lonlat_footprint
+from ingest.grid import Grid, chip_grid, lonlat_footprint, parts
 from ingest.sources import dem, sentinel2, worldcover
 
 
@@ -154,14 +154,10 @@ def tile_grids(
     return sorted(merged, key=lambda g: (-g.top, g.left))
 
 
-def _parts(geometry: BaseGeometry) -> list[BaseGeometry]:
-    return list(getattr(geometry, "geoms", [geometry]))
-
-
 def search_scenes(cfg: IngestConfig, catalog: Catalog, aois: list[BaseGeometry]) -> list[dict]:
     """S2 items touching any AOI, searched AOI by AOI (never one box around all of them)."""
     found: dict[str, dict] = {}
-    for aoi in (part for a in aois for part in _parts(a)):
+    for aoi in (part for a in aois for part in parts(a)):
         for item in catalog.search(
             sentinel2.COLLECTION,
             bbox=aoi.bounds,
@@ -181,7 +177,7 @@ def make_plan(cfg: IngestConfig, catalog: Catalog) -> list[Unit]:
     if not scenes:
         raise NothingMatched(
             f"nothing matched: {sentinel2.COLLECTION} at {catalog.url} with "
-            f"bbox={' '.join(str(list(p.bounds)) for a in aois for p in _parts(a))}, "
+            f"bbox={' '.join(str(list(p.bounds)) for a in aois for p in parts(a))}, "
             f"datetime={cfg.datetime}, "
             f"eo:cloud_cover <= {cfg.max_cloud_cover}"
         )
@@ -238,7 +234,7 @@ def covering(
     (an item dict -> bool) filters them, e.g. to one WorldCover version.
     """
     found: dict[str, str] = {}
-    for part in _parts(footprint):
+    for part in parts(footprint):
         for item in catalog.search(collection, bbox=part.bounds):
             if asset not in item.assets or not shape(item.geometry).intersects(part):
                 continue

@@ -24,7 +24,7 @@ import pystac
 from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
-from ingest.grid import lonlat_footprint
+from ingest.grid import lonlat_footprint, parts
 from ingest.sources import dem, sentinel2, worldcover
 
 TILE_PX = 10980  # a real Sentinel-2 tile: 109.8 km at 10 m
@@ -171,7 +171,7 @@ def worldcover_item(lon: int, lat: int, version: str) -> dict[str, Any]:
 def cells(geometry: BaseGeometry, size: int) -> list[tuple[int, int]]:
     """South-west corners of the size° cells (on whole multiples of size) a geometry meets."""
     out = set()
-    for part in getattr(geometry, "geoms", [geometry]):
+    for part in parts(geometry):
         w, s, e, n = part.bounds
         for lon in range(int(w // size) * size, int(e // size) * size + 1, size):
             for lat in range(int(s // size) * size, int(n // size) * size + 1, size):

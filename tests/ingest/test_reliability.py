@@ -471,19 +471,19 @@ def _bad_units(unit: Unit, files: dict[str, Path], cog_url: str) -> dict[str, tu
         ),
         "no DEM item": (
             replace(unit, dem_hrefs=[], dem_items=[]),
-            r"no cop-dem-glo-30 item covers tile",
+            r"no cop-dem-glo-30 item covers unit",
         ),
         "no land-cover item": (
             replace(unit, lc_hrefs=[], lc_items=[]),
-            r"no esa-worldcover item covers tile",
+            r"no esa-worldcover v200 item covers unit",
         ),
         "DEM elsewhere": (
             replace(unit, dem_hrefs=[str(files["far_dem"])]),
-            r"DEM and land cover do not cover tile",
+            r"DEM and land cover do not cover unit",
         ),
         "land cover elsewhere": (
             replace(unit, lc_hrefs=[str(files["far_lc"])]),
-            r"DEM and land cover do not cover tile",
+            r"DEM and land cover do not cover unit",
         ),
     }
 
