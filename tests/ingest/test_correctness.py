@@ -132,6 +132,19 @@ def test_validity_mask_excludes_clouds_shadows_and_nodata(ingested: Ingested) ->
     assert min(fractions) < 0.5 < max(fractions), "cloudy and clear scenes both present"
 
 
+def test_valid_pixels_never_hold_the_nodata_value(ingested: Ingested, truth: dict) -> None:
+    """Dark pixels stored at or below the +1000 offset stay data after harmonising."""
+    cfg, _ = ingested
+    dark = {s["item_id"] for t in truth["tiles"] for s in t["scenes"] if s["dark_pixels"]}
+    darkest = []
+    for _, group in units(cfg):
+        s2, valid = group["s2"][:], group["valid"][:]
+        assert not ((s2 == sentinel2.NODATA).any(axis=0) & valid).any()
+        if group.attrs["items"]["s2"] in dark:
+            darkest.append(int(s2[:, valid].min()))
+    assert darkest and min(darkest) == 1, "a dark pixel at the offset became 1, not 0"
+
+
 def test_cube_opens_in_xarray_with_dims_coords_and_crs(ingested: Ingested) -> None:
     cfg, _ = ingested
     name, group = next(units(cfg))

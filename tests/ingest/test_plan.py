@@ -261,3 +261,31 @@ def test_a_plan_lists_the_collections_once(
     assert len({u.mgrs_tile for u in units}) >= 3, "several tiles, so several searches"
     assert sum(p.rstrip("/").endswith("/collections") for p in paths) == 1
     assert sum(p.endswith("/search") for p in paths) >= 1 + 2 * 3
+
+
+def test_the_worlds_sliver_and_second_orbit_are_planned_right(
+    make_config: Callable[..., IngestConfig], tmp_path: Path, truth: dict
+) -> None:
+    """On the sample world: the sliver ranks last; with room for it, the second orbit of
+    its day is a unit of its own; land cover is one map."""
+    from ingest.catalog import open_catalog
+
+    scenes = {s["item_id"]: s for t in truth["tiles"] for s in t["scenes"]}
+    (sliver,) = [i for i, s in scenes.items() if s["sliver"]]
+    catalog = open_catalog(make_config(tmp_path).catalog)
+    # 8 px chips: the grid reaches into the tile's corner where the sliver has its data.
+    units = make_plan(make_config(tmp_path, scenes_per_tile=4, chip_size=8), catalog)
+    assert sliver not in {u.s2_item["id"] for u in units}, "4 full scenes beat the sliver"
+    units = make_plan(make_config(tmp_path, scenes_per_tile=5, chip_size=8), catalog)
+    tile = next(u.mgrs_tile for u in units if u.s2_item["id"] == sliver)
+    same_day = [
+        u
+        for u in units
+        if u.mgrs_tile == tile and u.datetime[:10] == scenes[sliver]["datetime"][:10]
+    ]
+    assert len(same_day) == 2 and len({u.unit_id for u in same_day}) == 2
+    ranked = [u.s2_item["id"] for u in units if u.mgrs_tile == tile]
+    assert min(u.usable_share for u in units if u.s2_item["id"] == sliver) < 0.01
+    assert len(ranked) == 5
+    lc_items = {i for u in units for i in u.lc_items}
+    assert lc_items and lc_items <= set(truth["worldcover_items"]["v200"])
