@@ -2,6 +2,9 @@
 
 A unit's group is complete only when its `complete` attribute is true, which is written
 after every array: a run killed mid-write leaves a group that the next run rewrites.
+With it the unit records how many chunks each array stored (`stored_chunks`), so a chunk
+lost later (a deleted file reads as the fill value without error) is found by
+`unit_problems`: such a unit is not complete, and the next ingest rewrites it.
 Each group carries x/y coordinates, named dimensions and a CF grid mapping
 (`spatial_ref`), so `xarray.open_zarr(cube, group=unit_id)` gives a georeferenced dataset.
 
@@ -42,12 +45,30 @@ def open_cube(url: str) -> zarr.Group:
 
 
 def is_complete(cube: zarr.Group, unit_id: str) -> bool:
-    """Whether the unit's group exists and was fully written."""
+    """Whether the unit's group exists, was fully written and still holds every chunk."""
     try:
         group = cube[unit_id]
     except KeyError:
         return False
-    return isinstance(group, zarr.Group) and bool(group.attrs.get("complete"))
+    if not isinstance(group, zarr.Group) or not group.attrs.get("complete"):
+        return False
+    return not unit_problems(group)
+
+
+def unit_problems(group: zarr.Group) -> list[str]:
+    """What a written unit has lost since: arrays or chunks missing from the store.
+
+    Units written before chunk counts were recorded have nothing to compare: none.
+    """
+    stored: dict[str, int] = dict(group.attrs.get("stored_chunks") or {})  # type: ignore[arg-type]
+    problems = []
+    for name, expected in stored.items():
+        arr = group.get(name)
+        if not isinstance(arr, zarr.Array):
+            problems.append(f"array {name} is missing")
+        elif (found := arr.nchunks_initialized) < expected:
+            problems.append(f"array {name} holds {found} of its {expected} chunks")
+    return problems
 
 
 def array_layout(shape: tuple[int, ...], chip_size: int) -> dict[str, Any]:
@@ -84,5 +105,7 @@ def write_unit(
         layout = array_layout(data.shape, chip_size)
         arr = group.create_array(name, data=data, dimension_names=dims, **layout)
         arr.attrs["grid_mapping"] = "spatial_ref"
-    group.attrs.update({**attrs, "epsg": grid.epsg, "transform": list(grid.transform)[:6]})
+    stored = {name: group[name].nchunks_initialized for name in arrays}  # type: ignore[union-attr]
+    group.attrs.update({**attrs, "epsg": grid.epsg, "transform": list(grid.transform)[:6],
+                        "stored_chunks": stored})  # fmt: skip
     group.attrs["complete"] = True  # last: the unit counts as done only now

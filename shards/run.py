@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from ingest.cube import is_complete, open_cube
+from ingest.cube import open_cube, unit_problems
 from ingest.grid import RESOLUTION_M
 from ingest.parallel import imap_unordered
 from shards import sample, tar
@@ -175,7 +175,16 @@ def complete_units(cube_url: str) -> list[str]:
     if not fs.exists(path):
         raise ShardSetError(f"no cube at {cube_url}; run `eomae ingest` first")
     cube = open_cube(cube_url)
-    units = sorted(name for name in cube.group_keys() if is_complete(cube, name))
+    units = []
+    for name in sorted(cube.group_keys()):
+        group = cube[name]
+        if isinstance(group, zarr.Group) and group.attrs.get("complete"):
+            if problems := unit_problems(group):
+                raise ShardSetError(
+                    f"unit {name} of {cube_url} is damaged ({'; '.join(problems)}); "
+                    "run `eomae ingest` again to rewrite it"
+                )
+            units.append(name)
     if not units:
         raise ShardSetError(f"cube {cube_url} has no complete units; run `eomae ingest` first")
     return units

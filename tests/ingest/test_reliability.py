@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def status_rows(run_dir: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def planned(run_dir: str | Path) -> list[Unit]:
-    return plan_from_json((Path(run_dir) / "ingest" / "plan.json").read_text())
+    return plan_from_json((Path(run_dir) / "ingest" / "plan.json").read_text()).units
 
 
 def all_attrs(run_dir: str | Path) -> str:
@@ -131,6 +132,31 @@ def test_rerun_skips_done_units(
     assert checksums(cfg.run_dir) == clean
     assert {p: p.stat().st_mtime_ns for p in cube.rglob("*") if p.is_file()} == mtimes
     assert {r["status"] for r in status_rows(cfg.run_dir).values()} == {"done"}
+
+
+def test_a_lost_chunk_is_found_refused_by_shard_and_rewritten_by_ingest(
+    ray_session: None, ingested: Ingested, clean: dict[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """A deleted chunk file reads as the fill value without error: zeros in shards."""
+    from shards.config import ShardConfig
+    from shards.manifest import ShardSetError
+    from shards.run import run_shard
+
+    cfg, first = ingested
+    run = tmp_path / "run"
+    shutil.copytree(cfg.run_dir, run)
+    victim = sorted(clean)[1]
+    lost = next((run / "cube.zarr" / victim / "s2" / "c").rglob("*"), None)
+    while lost is not None and lost.is_dir():
+        lost = next(lost.iterdir())
+    assert lost is not None
+    lost.unlink()
+    assert not is_complete(open_cube(str(run / "cube.zarr")), victim)
+    with pytest.raises(ShardSetError, match=rf"unit {victim} .*damaged.*array s2 holds 0 of"):
+        run_shard(ShardConfig(run_dir=str(run), chip_size=64))
+    again = run_ingest(cfg.model_copy(update={"run_dir": str(run)}))
+    assert again["done"] == 1 and again["skipped_complete"] == first["units"] - 1
+    assert checksums(run) == clean
 
 
 def test_task_raising_midway_is_recorded_then_rerun_completes(
