@@ -181,6 +181,8 @@ def run_ingest_with_progress(cfg: IngestConfig) -> dict[str, Any]:
         table.add_row(key, str(summary[key]))
     for unit_id, reason in summary["failed"]:
         table.add_row(f"FAILED {unit_id}", reason)
+    for item_id, reason in summary["skipped_items"]:
+        table.add_row(f"skipped item {item_id}", reason)
     out = Console()
     out.width = max(out.width, 140)
     out.print(table)

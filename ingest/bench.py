@@ -422,7 +422,7 @@ def bench_ingest(
     `work` holds the cubes while measuring and is removed at the end.
     """
     init_ray(cfg.address)
-    units = make_plan(cfg, open_catalog(cfg.catalog))
+    units = make_plan(cfg, open_catalog(cfg.catalog)).units
     jobs = jobs_of(units)
     chips = chip_count(jobs, cfg.chip_size)
     bbox = list(unary_union(cfg.aois()).bounds)  # as make_plan searches

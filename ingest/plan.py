@@ -51,11 +51,28 @@ class Unit:
     lc_items: list[str] = field(default_factory=list)
     worldcover_version: str = worldcover.LATEST
     usable_share: float = 1.0  # of the grid, expected clear (sentinel2.usable_share)
+    baseline_inferred: bool = False  # no usable s2:processing_baseline: from the date
 
     @property
     def target(self) -> Grid:
         """The grid as an object."""
         return Grid(**self.grid)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An item the plan could not use, and why."""
+
+    item_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The units to run, and the items left out with their reasons."""
+
+    units: list[Unit]
+    skipped: list[Skipped] = field(default_factory=list)
 
 
 def _season(when: str) -> int:
@@ -75,7 +92,7 @@ def pick_scenes(
         items,
         key=lambda i: (
             -round(sentinel2.usable_share(i, footprint), 6),
-            i["properties"].get("eo:cloud_cover") or 0.0,
+            i["properties"].get("eo:cloud_cover", 100.0),
             i["id"],
         ),
     )
@@ -99,14 +116,13 @@ def latest_processing(items: list[dict]) -> list[dict]:
         props = item["properties"]
         key = (props["s2:mgrs_tile"], props["datetime"][:19], sentinel2.platform_code(item),
                sentinel2.relative_orbit(item))  # fmt: skip
-        rank = (sentinel2.baseline_key(props.get("s2:processing_baseline", "")), item["id"])
-        if key not in best or rank > _rank(best[key]):
+        if key not in best or _rank(item) > _rank(best[key]):
             best[key] = item
     return sorted(best.values(), key=lambda i: i["id"])
 
 
 def _rank(item: dict) -> tuple[tuple[int, ...], str]:
-    baseline = item["properties"].get("s2:processing_baseline", "")
+    baseline = str(item["properties"].get("s2:processing_baseline", ""))
     return sentinel2.baseline_key(baseline), item["id"]
 
 
@@ -127,9 +143,14 @@ def unit_id(item: dict, grid: Grid | None = None) -> str:
 
 
 def tile_frame(items: list[dict]) -> tuple[int, tuple[float, float, float, float]]:
-    """The tile's CRS and bounds, as most of its items state them."""
-    votes = Counter((sentinel2.item_epsg(i), sentinel2.tile_bounds(i)) for i in items)
-    return votes.most_common(1)[0][0]
+    """The tile's CRS and bounds, as most of its items state them (ties: the lowest id's)."""
+    frames = [_frame(i) for i in sorted(items, key=lambda i: i["id"])]
+    votes = Counter(frames)
+    return max(frames, key=lambda f: votes[f])  # the first of the most common
+
+
+def _frame(item: dict) -> tuple[int, tuple[float, float, float, float]]:
+    return sentinel2.item_epsg(item), sentinel2.tile_bounds(item)
 
 
 def tile_grids(
@@ -154,39 +175,69 @@ def tile_grids(
     return sorted(merged, key=lambda g: (-g.top, g.left))
 
 
-def search_scenes(cfg: IngestConfig, catalog: Catalog, aois: list[BaseGeometry]) -> list[dict]:
-    """S2 items touching any AOI, searched AOI by AOI (never one box around all of them)."""
+def search_scenes(
+    cfg: IngestConfig, catalog: Catalog, aois: list[BaseGeometry], skipped: list[Skipped]
+) -> list[dict]:
+    """S2 items touching any AOI, searched AOI by AOI (never one box around all of them).
+
+    An item the planner cannot use goes to `skipped` with its reason. With no cloud limit
+    (100 %) the search has no cloud filter, so items without `eo:cloud_cover` come too.
+    """
     found: dict[str, dict] = {}
+    limit = cfg.max_cloud_cover if cfg.max_cloud_cover < 100 else None
     for aoi in (part for a in aois for part in parts(a)):
         for item in catalog.search(
             sentinel2.COLLECTION,
             bbox=aoi.bounds,
             datetime=cfg.datetime,
-            max_cloud_cover=cfg.max_cloud_cover,
+            max_cloud_cover=limit,
             sortby="eo:cloud_cover",
         ):
-            if item.id not in found and shape(item.geometry).intersects(aoi):
-                found[item.id] = item.to_dict(transform_hrefs=False)
+            if item.id in found or item.id in {s.item_id for s in skipped}:
+                continue
+            data = item.to_dict(transform_hrefs=False)
+            problem = sentinel2.item_problem(data)
+            if problem is not None:
+                skipped.append(Skipped(item.id, problem))
+            elif shape(data["geometry"]).intersects(aoi):
+                found[item.id] = data
     return latest_processing(list(found.values()))
 
 
-def make_plan(cfg: IngestConfig, catalog: Catalog) -> list[Unit]:
+def agreeing(items: list[dict], skipped: list[Skipped]) -> list[dict]:
+    """The items of one tile whose CRS and bounds agree with most of them; others skipped.
+
+    One item with a wrong proj:epsg or proj:shape must not move or shrink its tile's grid.
+    """
+    frame = tile_frame(items)
+    for item in items:
+        if _frame(item) != frame:
+            skipped.append(Skipped(item["id"], f"proj fields EPSG:{_frame(item)[0]} "
+                                   f"{_frame(item)[1]} disagree with the tile's other items "
+                                   f"(EPSG:{frame[0]} {frame[1]})"))  # fmt: skip
+    return [i for i in items if _frame(i) == frame]
+
+
+def make_plan(cfg: IngestConfig, catalog: Catalog) -> Plan:
     """Search per AOI, group by MGRS tile, pick scenes per grid, find its DEM and land cover."""
     aois = cfg.aois()
-    scenes = search_scenes(cfg, catalog, aois)
+    skipped: list[Skipped] = []
+    scenes = search_scenes(cfg, catalog, aois, skipped)
     if not scenes:
+        why = "".join(f"; skipped {s.item_id}: {s.reason}" for s in skipped[:5])
         raise NothingMatched(
             f"nothing matched: {sentinel2.COLLECTION} at {catalog.url} with "
             f"bbox={' '.join(str(list(p.bounds)) for a in aois for p in parts(a))}, "
             f"datetime={cfg.datetime}, "
-            f"eo:cloud_cover <= {cfg.max_cloud_cover}"
+            f"eo:cloud_cover <= {cfg.max_cloud_cover}{why}"
         )
     by_tile: dict[str, list[dict]] = defaultdict(list)
     for s in scenes:
         by_tile[s["properties"]["s2:mgrs_tile"]].append(s)
 
     units = []
-    for tile, items in sorted(by_tile.items()):
+    for tile, found in sorted(by_tile.items()):
+        items = agreeing(found, skipped)
         epsg, bounds = tile_frame(items)
         grids = tile_grids(epsg, bounds, aois, cfg.chip_size)
         for grid in grids:
@@ -201,13 +252,14 @@ def make_plan(cfg: IngestConfig, catalog: Catalog) -> list[Unit]:
                 lambda i: worldcover.item_version(i) == cfg.worldcover_version,
             )  # fmt: skip
             for item in chosen:
+                baseline, inferred = sentinel2.processing_baseline(item)
                 units.append(
                     Unit(
                         unit_id=unit_id(item, grid if len(grids) > 1 else None),
                         mgrs_tile=tile,
                         datetime=item["properties"]["datetime"],
-                        baseline=item["properties"].get("s2:processing_baseline", "00.00"),
-                        cloud_cover=float(item["properties"].get("eo:cloud_cover") or 0.0),
+                        baseline=baseline,
+                        cloud_cover=float(item["properties"].get("eo:cloud_cover", 100.0)),
                         grid=grid.to_dict(),
                         s2_item=item,
                         dem_hrefs=[h for _, h in dems],
@@ -216,9 +268,10 @@ def make_plan(cfg: IngestConfig, catalog: Catalog) -> list[Unit]:
                         lc_items=[i for i, _ in lcs],
                         worldcover_version=cfg.worldcover_version,
                         usable_share=round(sentinel2.usable_share(item, footprint), 6),
+                        baseline_inferred=inferred,
                     )
                 )
-    return units
+    return Plan(units, sorted(skipped, key=lambda s: s.item_id))
 
 
 def covering(
@@ -243,14 +296,20 @@ def covering(
     return sorted(found.items())
 
 
-def plan_to_json(units: list[Unit], cfg: IngestConfig) -> str:
+def plan_to_json(plan: Plan, cfg: IngestConfig) -> str:
     """The plan as written to RUN/ingest/plan.json."""
     return json.dumps(
-        {"config": cfg.model_dump(mode="json"), "units": [asdict(u) for u in units]},
+        {
+            "config": cfg.model_dump(mode="json"),
+            "units": [asdict(u) for u in plan.units],
+            "skipped_items": [asdict(s) for s in plan.skipped],
+        },
         indent=1,
     )
 
 
-def plan_from_json(text: str) -> list[Unit]:
-    """Units back from plan.json."""
-    return [Unit(**u) for u in json.loads(text)["units"]]
+def plan_from_json(text: str) -> Plan:
+    """The plan back from plan.json."""
+    data = json.loads(text)
+    return Plan([Unit(**u) for u in data["units"]],
+                [Skipped(**s) for s in data.get("skipped_items", [])])  # fmt: skip

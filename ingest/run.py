@@ -23,7 +23,7 @@ from ingest.catalog import open_catalog
 from ingest.config import IngestConfig
 from ingest.cube import COVERAGE_BITS, CUBE_NAME, is_complete, open_cube, write_unit
 from ingest.parallel import imap_unordered
-from ingest.plan import Unit, make_plan, plan_to_json
+from ingest.plan import Plan, Unit, make_plan, plan_to_json
 from ingest.raster import ReadError, redact
 from ingest.signing import TokenError
 from ingest.sources import dem, sentinel2, worldcover
@@ -89,6 +89,7 @@ def provenance(unit: Unit) -> dict[str, Any]:
         },
         "harmonisation": {
             "processing_baseline": unit.baseline,
+            "baseline_inferred": unit.baseline_inferred,
             "offset_removed": sentinel2.BOA_ADD_OFFSET if offset else 0,
         },
         "worldcover_version": unit.worldcover_version,
@@ -161,7 +162,7 @@ PLAN_FIELDS = frozenset(
 )  # fmt: skip
 
 
-def plan_or_load(cfg: IngestConfig) -> list[Unit]:
+def plan_or_load(cfg: IngestConfig) -> Plan:
     """Plan afresh (hrefs current), refusing a run dir planned with other data settings.
 
     A re-run searches again rather than trusting saved hrefs: signed or locally served
@@ -177,12 +178,12 @@ def plan_or_load(cfg: IngestConfig) -> list[Unit]:
                 f"{cfg.run_dir} holds an ingest with other settings ({', '.join(changed)}); "
                 "use a new run directory"
             )
-    units = make_plan(cfg, open_catalog(cfg.catalog))
+    plan = make_plan(cfg, open_catalog(cfg.catalog))
     fs.makedirs(fs._parent(path), exist_ok=True)
     with fs.open(path + ".tmp", "w") as f:
-        f.write(plan_to_json(units, cfg))
+        f.write(plan_to_json(plan, cfg))
     fs.mv(path + ".tmp", path)
-    return units
+    return plan
 
 
 def write_status(cfg: IngestConfig, rows: dict[str, dict[str, Any]]) -> None:
@@ -210,8 +211,8 @@ def run_ingest(
     task raises after reading.
     """
     t0 = time.perf_counter()
-    if units is None:
-        units = plan_or_load(cfg)
+    plan = plan_or_load(cfg) if units is None else Plan(units)
+    units = plan.units
     t_plan = time.perf_counter() - t0
     cube_url = _url(cfg.run_dir, CUBE_NAME)
     cube = open_cube(cube_url)
@@ -256,6 +257,7 @@ def run_ingest(
         "skipped_complete": len(units) - len(todo),
         "done": len(done),
         "failed": [(r.unit_id, r.reason) for r in results if r.status == "failed"],
+        "skipped_items": [(s.item_id, s.reason) for s in plan.skipped],
         "plan_s": round(t_plan, 2),
         "read_s": round(sum(r.read_s for r in done), 2),
         "write_s": round(sum(r.write_s for r in done), 2),

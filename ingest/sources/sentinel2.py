@@ -9,14 +9,17 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import date, datetime
 from enum import IntEnum
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from rasterio.enums import Resampling
+from shapely.errors import GEOSException
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
+from shapely.validation import explain_validity
 
 from ingest.grid import Grid, lonlat_footprint
 from ingest.raster import ReadError, read_into_grid
@@ -29,6 +32,7 @@ SCL_RESOLUTION_M = 20
 # Baseline 04.00 (25 Jan 2022) added BOA_ADD_OFFSET = -1000: stored DN = 10000 * reflectance
 # + 1000. Harmonising subtracts it again so all scenes share one scale.
 OFFSET_BASELINE = "04.00"
+OFFSET_START = date(2022, 1, 25)  # products sensed from this day on carry the offset
 BOA_ADD_OFFSET = 1000
 REFLECTANCE_SCALE = 1e-4
 
@@ -108,6 +112,54 @@ def baseline_has_offset(baseline: str) -> bool:
     return (major, minor) >= (ref_major, ref_minor)
 
 
+def processing_baseline(item: dict[str, Any]) -> tuple[str, bool]:
+    """(baseline, inferred): the item's `s2:processing_baseline`, else one from the date.
+
+    A missing or unreadable baseline is inferred from the sensing date: the +1000 offset
+    began with 04.00 on 25 Jan 2022; before it, "00.00" stands for "some earlier one".
+    """
+    stated = item["properties"].get("s2:processing_baseline")
+    if baseline_key(str(stated)) > (0,):
+        return str(stated), False
+    sensed = datetime.fromisoformat(item["properties"]["datetime"].replace("Z", "+00:00"))
+    return (OFFSET_BASELINE if sensed.date() >= OFFSET_START else "00.00"), True
+
+
+def item_problem(item: dict[str, Any]) -> str | None:
+    """Why an item cannot be planned, or None: each field the planner relies on, checked."""
+    props = item.get("properties") or {}
+    if not props.get("s2:mgrs_tile"):
+        return "no s2:mgrs_tile"
+    try:
+        datetime.fromisoformat(str(props["datetime"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return f"datetime {props.get('datetime')!r} is not an RFC 3339 instant"
+    cloud = props.get("eo:cloud_cover")
+    if cloud is not None and (not isinstance(cloud, int | float) or not 0 <= cloud <= 100):
+        return f"eo:cloud_cover {cloud!r} is not a percentage"
+    missing = [k for k in (*BAND_NAMES, SCL_ASSET) if k not in (item.get("assets") or {})]
+    if missing:
+        return f"lacks assets {missing}"
+    try:
+        epsg, bounds = item_epsg(item), tile_bounds(item)
+        a, _, _, _, e = item["assets"]["B02"]["proj:transform"][:5]
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        return f"no usable proj:epsg / proj:transform / proj:shape on B02 ({err!r})"
+    if not (32601 <= epsg <= 32660 or 32701 <= epsg <= 32760):
+        return f"proj:epsg {epsg} is not a UTM zone"
+    if (a, e) != (10, -10) or bounds[2] <= bounds[0] or bounds[3] <= bounds[1]:
+        return f"B02 is not on a 10 m north-up grid: proj:transform {a}, {e}, bounds {bounds}"
+    try:
+        geometry = shape(item["geometry"])
+    except (KeyError, TypeError, ValueError, AttributeError, GEOSException) as err:
+        return f"unreadable geometry ({err!r})"
+    if not geometry.is_valid:
+        return f"invalid geometry: {explain_validity(geometry)}"
+    if not geometry.intersects(_tile_footprint(epsg, bounds)):
+        return f"geometry lies outside the tile its proj fields describe (EPSG:{epsg} {bounds})"
+    return None
+
+
 def item_epsg(item: dict) -> int:
     """The item's EPSG code, from proj:epsg (PC) or proj:code (projection extension v2)."""
     props = item["properties"]
@@ -168,10 +220,12 @@ def usable_share(item: dict[str, Any], footprint: BaseGeometry | None = None) ->
     footprint, so the data share is the part of `footprint` the geometry covers; nodata
     that `s2:nodata_pixel_percentage` (of the whole tile) puts inside the geometry, as in
     a catalog whose geometries are whole tiles, is taken as spread evenly over it. A
-    sliver (99.6 % nodata) thus ranks below a full scene however low its cloud cover.
+    sliver (99.6 % nodata) thus ranks below a full scene however low its cloud cover. An
+    item without `eo:cloud_cover` counts as fully cloudy: planned only when nothing better is.
     """
     props = item["properties"]
-    cloud = min(max(float(props.get("eo:cloud_cover") or 0.0) / 100, 0.0), 1.0)
+    stated = props.get("eo:cloud_cover")
+    cloud = 1.0 if stated is None else min(max(float(stated) / 100, 0.0), 1.0)  # unknown: cloudy
     nodata = min(max(float(props.get("s2:nodata_pixel_percentage") or 0.0) / 100, 0.0), 1.0)
     try:
         tile = _tile_footprint(item_epsg(item), tile_bounds(item))

@@ -220,5 +220,10 @@ class StaticCatalog:
                 continue
             found.append(item)
         if sortby:
-            found.sort(key=lambda i: (i["properties"].get(sortby), i["id"]))
+
+            def value(item: dict[str, Any]) -> float:
+                v = item["properties"].get(sortby)
+                return v if isinstance(v, int | float) else float("inf")  # nulls last
+
+            found.sort(key=lambda i: (value(i), i["id"]))
         return [pystac.Item.from_dict(i, migrate=False) for i in found]

@@ -90,7 +90,7 @@ def _plan(items: list[dict], **fields: Any) -> tuple[list[Unit], StaticCatalog]:
     catalog = StaticCatalog(items)
     cfg = IngestConfig(**{"start": "2021-06-01", "end": "2021-06-30", "max_cloud_cover": 100,
                           "scenes_per_tile": 4, **fields})  # fmt: skip
-    return make_plan(cfg, catalog), catalog  # type: ignore[arg-type]
+    return make_plan(cfg, catalog).units, catalog  # type: ignore[arg-type]
 
 
 def _aux(footprint: Any, versions: tuple[str, ...] = ("v100", "v200")) -> list[dict]:
@@ -257,7 +257,7 @@ def test_a_plan_lists_the_collections_once(
     paths: list[str] = []
     session = catalog.client._stac_io.session  # type: ignore[attr-defined]
     session.hooks["response"].append(lambda r, *a, **k: paths.append(urlparse(r.url).path))
-    units = make_plan(cfg, catalog)
+    units = make_plan(cfg, catalog).units
     assert len({u.mgrs_tile for u in units}) >= 3, "several tiles, so several searches"
     assert sum(p.rstrip("/").endswith("/collections") for p in paths) == 1
     assert sum(p.endswith("/search") for p in paths) >= 1 + 2 * 3
@@ -274,9 +274,9 @@ def test_the_worlds_sliver_and_second_orbit_are_planned_right(
     (sliver,) = [i for i, s in scenes.items() if s["sliver"]]
     catalog = open_catalog(make_config(tmp_path).catalog)
     # 8 px chips: the grid reaches into the tile's corner where the sliver has its data.
-    units = make_plan(make_config(tmp_path, scenes_per_tile=4, chip_size=8), catalog)
+    units = make_plan(make_config(tmp_path, scenes_per_tile=4, chip_size=8), catalog).units
     assert sliver not in {u.s2_item["id"] for u in units}, "4 full scenes beat the sliver"
-    units = make_plan(make_config(tmp_path, scenes_per_tile=5, chip_size=8), catalog)
+    units = make_plan(make_config(tmp_path, scenes_per_tile=5, chip_size=8), catalog).units
     tile = next(u.mgrs_tile for u in units if u.s2_item["id"] == sliver)
     same_day = [
         u
@@ -289,3 +289,73 @@ def test_the_worlds_sliver_and_second_orbit_are_planned_right(
     assert len(ranked) == 5
     lc_items = {i for u in units for i in u.lc_items}
     assert lc_items and lc_items <= set(truth["worldcover_items"]["v200"])
+
+
+def _break(item: dict, how: str) -> dict:
+    """A copy of `item` with one field damaged as real catalogs damage them."""
+    item = json.loads(json.dumps(item))
+    props, b02 = item["properties"], item["assets"]["B02"]
+    if how == "no proj:transform":
+        del b02["proj:transform"]
+    elif how == "no EPSG":
+        del props["proj:epsg"]
+    elif how == "cloud cover as a string":
+        props["eo:cloud_cover"] = "3.5"
+    elif how == "self-intersecting geometry":
+        (ring,) = item["geometry"]["coordinates"]
+        w, s, e, n = item["bbox"]
+        item["geometry"]["coordinates"] = [[(w, s), (e, n), (e, s), (w, n), (w, s)]]
+    elif how == "no s2:mgrs_tile":
+        del props["s2:mgrs_tile"]
+    elif how == "wrong proj:epsg":
+        props["proj:epsg"] = 32607
+    elif how == "wrong proj:shape":
+        b02["proj:shape"] = [5490, 5490]
+    item["id"] = item["id"].replace("T180331", f"T18{len(how):04d}")
+    return item
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["no proj:transform", "no EPSG", "cloud cover as a string", "self-intersecting geometry",
+     "no s2:mgrs_tile", "wrong proj:epsg", "wrong proj:shape"],
+)  # fmt: skip
+def test_a_bad_item_is_skipped_with_its_reason_and_its_tile_goes_on(how: str) -> None:
+    tile, epsg, left, top = ALASKA
+    good = [s2_item(tile, epsg, left, top, f"2021-06-{d:02d}T21:25:19.024000Z", orbit=29 + d)
+            for d in (3, 5)]  # fmt: skip
+    bad = _break(s2_item(tile, epsg, left, top, "2021-06-07T21:25:19.024000Z", orbit=1), how)
+    catalog = StaticCatalog([*good, bad, *_aux(box(-148, 60, -144, 62))])
+    cfg = IngestConfig(bbox=[(-148.0, 60.0, -144.0, 62.0)], start="2021-06-01",
+                       end="2021-06-30", max_cloud_cover=100)  # fmt: skip
+    plan = make_plan(cfg, catalog)  # type: ignore[arg-type]
+    assert [s.item_id for s in plan.skipped] == [bad["id"]], plan.skipped
+    assert plan.skipped[0].reason
+    assert sorted(u.s2_item["id"] for u in plan.units) == sorted(i["id"] for i in good)
+    grid = plan.units[0].target
+    assert grid.epsg == epsg and grid.width * grid.height > 100_000_000, "the whole tile"
+
+
+def test_a_missing_baseline_is_inferred_from_the_date_and_said_so() -> None:
+    tile, epsg, left, top = ALASKA
+    items = [
+        s2_item(tile, epsg, left, top, when, orbit=29)
+        for when in ("2021-06-05T21:25:19.024000Z", "2023-06-05T21:25:19.024000Z")
+    ]
+    for item in items:
+        del item["properties"]["s2:processing_baseline"]
+    catalog = StaticCatalog([*items, *_aux(box(-148, 60, -144, 62))])
+    cfg = IngestConfig(bbox=[(-148.0, 60.0, -144.0, 62.0)], start="2021-01-01",
+                       end="2023-12-31", max_cloud_cover=100)  # fmt: skip
+    units = sorted(make_plan(cfg, catalog).units, key=lambda u: u.datetime)  # type: ignore[arg-type]
+    assert [(u.baseline, u.baseline_inferred) for u in units] == [("00.00", True), ("04.00", True)]
+
+
+def test_an_item_without_cloud_cover_is_planned_last_not_dropped() -> None:
+    tile, epsg, left, top = ALASKA
+    known = s2_item(tile, epsg, left, top, "2021-06-05T21:25:19.024000Z", orbit=29, cloud=60.0)
+    unknown = s2_item(tile, epsg, left, top, "2021-06-07T21:25:19.024000Z", orbit=30)
+    del unknown["properties"]["eo:cloud_cover"]
+    units, _ = _plan([unknown, known, *_aux(box(-147, 60, -145, 62))],
+                     bbox=[(-149.0, 60.0, -146.0, 62.0)])  # fmt: skip
+    assert [u.s2_item["id"] for u in units] == [known["id"], unknown["id"]]

@@ -115,7 +115,11 @@ def test_each_sample_says_how_it_was_made(shard_set: Any) -> None:
         attrs = cube[meta["unit_id"]].attrs
         offset = 1000 if attrs["processing_baseline"] >= "04.00" else 0
         baseline = attrs["processing_baseline"]
-        assert made["harmonisation"] == {"processing_baseline": baseline, "offset_removed": offset}
+        assert made["harmonisation"] == {
+            "processing_baseline": baseline,
+            "baseline_inferred": False,
+            "offset_removed": offset,
+        }
         lc = np.load(io.BytesIO(members["lc.npy"]))
         s2 = np.load(io.BytesIO(members["s2.npy"]))
         assert made["coverage"]["lc"] == pytest.approx((lc != 0).mean(), abs=1e-6)
