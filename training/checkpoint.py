@@ -11,6 +11,8 @@ config.json    the PretrainConfig of the run (the model config inside)
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,37 @@ from training.config import PretrainConfig
 MODEL, OPTIMIZER, SCHEDULER, STATE, RNG, CONFIG = (
     "model.pt", "optimizer.pt", "scheduler.pt", "state.json", "rng.pt", "config.json",
 )  # fmt: skip
+
+
+# What torch.load raises on a truncated or foreign file.
+READ_ERRORS = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError,
+               zipfile.BadZipFile)  # fmt: skip
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or encoder file that cannot be used as asked."""
+
+
+def read(path: Path, map_location: str = "cpu", **kwargs: Any) -> Any:
+    """torch.load (onto the CPU); a damaged or foreign file is a CheckpointError naming it."""
+    try:
+        return torch.load(path, map_location=map_location, **kwargs)
+    except READ_ERRORS as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+
+
+def damage(directory: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (a file missing or unreadable), or None."""
+    for name in (MODEL, OPTIMIZER, SCHEDULER, RNG):
+        try:
+            read(directory / name)
+        except CheckpointError as e:
+            return str(e)
+    try:
+        json.loads((directory / STATE).read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"cannot read {directory / STATE}: {e!r}"
+    return None
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -55,10 +88,10 @@ def load(
     directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> dict[str, Any]:
     """Restore model, optimiser, schedule and RNG from `directory`; return its state."""
-    unwrap(model).load_state_dict(torch.load(directory / MODEL, map_location="cpu"))
-    optimizer.load_state_dict(torch.load(directory / OPTIMIZER, map_location="cpu"))
-    scheduler.load_state_dict(torch.load(directory / SCHEDULER))
-    torch.set_rng_state(torch.load(directory / RNG))
+    unwrap(model).load_state_dict(read(directory / MODEL))
+    optimizer.load_state_dict(read(directory / OPTIMIZER))
+    scheduler.load_state_dict(read(directory / SCHEDULER))
+    torch.set_rng_state(read(directory / RNG))
     return dict(json.loads((directory / STATE).read_text()))
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from training import checkpoint
+from training.checkpoint import CheckpointError
 from training.config import WITH_SOFTCON, ModelConfig
 from training.multimae import MultiMAE
 
@@ -28,16 +29,35 @@ ENCODER_PREFIXES = ("input_adapters.", "global_token", "encoder.", "norm.")
 SOFTCON_ONLINE = "online."  # the online encoder of SoftConModel (and CombinedModel)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint or encoder file that cannot be used as asked."""
-
-
 def latest_checkpoint(run_dir: Path) -> Path:
     """The checkpoint with the most steps in a pretraining run directory."""
+    return _by_step(run_dir)[0]
+
+
+def latest_intact_checkpoint(run_dir: Path) -> tuple[Path, dict[str, str]]:
+    """The newest checkpoint whose every file reads, and why newer ones were passed over."""
+    passed: dict[str, str] = {}
+    for ckpt in _by_step(run_dir):
+        problem = checkpoint.damage(ckpt)
+        if problem is None:
+            return ckpt, passed
+        passed[ckpt.name] = problem
+    raise CheckpointError(f"no intact checkpoint in {run_dir}: {passed}")
+
+
+def _by_step(run_dir: Path) -> list[Path]:
+    """A run's checkpoints, the most steps first (an unreadable state.json last)."""
     found = [p for p in Path(run_dir).glob("checkpoint_*") if (p / checkpoint.STATE).exists()]
     if not found:
         raise CheckpointError(f"no checkpoint in {run_dir}")
-    return max(found, key=lambda p: json.loads((p / checkpoint.STATE).read_text())["step"])
+
+    def step(path: Path) -> int:
+        try:
+            return int(json.loads((path / checkpoint.STATE).read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1
+
+    return sorted(found, key=step, reverse=True)
 
 
 def encoder_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -51,7 +71,7 @@ def export_encoder(source: Path, out: Path) -> Path:
     source = Path(source)
     ckpt = source if (source / checkpoint.MODEL).exists() else latest_checkpoint(source)
     cfg = checkpoint.read_config(ckpt)
-    state = torch.load(ckpt / checkpoint.MODEL, map_location="cpu")
+    state = checkpoint.read(ckpt / checkpoint.MODEL)
     if cfg.uses_softcon:  # the online encoder is the one trained by gradient
         state = {k.removeprefix(SOFTCON_ONLINE): v for k, v in state.items()
                  if k.startswith(SOFTCON_ONLINE)}  # fmt: skip
@@ -97,10 +117,7 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], what: s
 
 def load_encoder(path: Path, map_location: str = "cpu") -> MultiMAE:
     """A MultiMAE encoder (no output adapters) from an exported file, ready for `features`."""
-    try:
-        payload: dict[str, Any] = torch.load(path, map_location=map_location)
-    except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"cannot read encoder {path}: {e}") from e
+    payload: dict[str, Any] = checkpoint.read(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an eomae encoder export ({FORMAT})")
     cfg = ModelConfig.model_validate(payload["model"])

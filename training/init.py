@@ -41,7 +41,6 @@ SIZES' and match ViT-S/B):
 
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -90,10 +89,7 @@ def read_source(path: Path) -> tuple[str, dict[str, Tensor]]:
     if path.is_dir():
         ckpt = path if (path / checkpoint.MODEL).exists() else latest_checkpoint(path)
         path = ckpt / checkpoint.MODEL
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
+    payload = checkpoint.read(path, weights_only=True)
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a state dict")
     if payload.get("format") == FORMAT:

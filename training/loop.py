@@ -282,13 +282,20 @@ def train_loop(config: dict[str, Any]) -> None:
         optimizer, warmup_cosine(warmup, total, cfg.min_lr / cfg.lr)
     )
     step, start_epoch = 0, 0
+    state = None
     restored = ray.train.get_checkpoint()  # after a worker failure, or Ray's own restore
     if restored is not None:
-        with restored.as_directory() as d:
-            state = checkpoint.load(Path(d), model, optimizer, schedule)
-        step, start_epoch = state["step"], state["epoch"] + 1
-    elif config.get("resume_from"):  # --resume of a stopped run
+        try:
+            with restored.as_directory() as d:
+                state = checkpoint.load(Path(d), model, optimizer, schedule)
+        except checkpoint.CheckpointError:
+            # Ray restores a resumed run's newest checkpoint; --resume chose the newest
+            # intact one (training.export.latest_intact_checkpoint) when that is damaged.
+            if not config.get("resume_from"):
+                raise
+    if state is None and config.get("resume_from"):  # --resume of a stopped run
         state = checkpoint.load(Path(config["resume_from"]), model, optimizer, schedule)
+    if state is not None:
         step, start_epoch = state["step"], state["epoch"] + 1
     if rank == 0:
         _truncate_metrics(run_dir, step)

@@ -13,6 +13,7 @@ checkpoint. A worker that dies is replaced and the run resumes from the last che
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ from ingest.parallel import init_ray
 from shards.config import SHARDS_DIR, join_url
 from shards.manifest import read_manifest
 from training.config import PretrainConfig
-from training.export import latest_checkpoint
+from training.export import latest_intact_checkpoint
 from training.loop import METRICS, PLOTS, train_loop
+
+log = logging.getLogger(__name__)
 
 PRETRAIN_DIR = "pretrain"
 
@@ -80,9 +83,14 @@ def run_pretrain(cfg: PretrainConfig, *, _fail_at_step: int | None = None) -> di
     name = check_start(cfg)
     out = run_directory(cfg, name)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(
-        cfg.model_copy(update={"name": name}).model_dump_json(indent=1)
-    )
+    config_json = cfg.model_copy(update={"name": name}).model_dump_json(indent=1)
+    if not cfg.resume:  # a resume keeps the run's config until it has succeeded
+        (out / "config.json").write_text(config_json)
+    resume_from = None
+    if cfg.resume:
+        resume_from, passed = latest_intact_checkpoint(out)
+        for ckpt, problem in passed.items():
+            log.warning("%s is damaged (%s); resuming from %s", ckpt, problem, resume_from.name)
     init_ray(cfg.address)
     workers: int | tuple[int, int] = cfg.workers
     if cfg.max_workers is not None:
@@ -93,7 +101,7 @@ def run_pretrain(cfg: PretrainConfig, *, _fail_at_step: int | None = None) -> di
             "cfg": cfg.model_copy(update={"shards": shards_of(cfg)}).model_dump(mode="json"),
             "run_dir": str(out),
             "fail_at_step": _fail_at_step,
-            "resume_from": str(latest_checkpoint(out)) if cfg.resume else None,
+            "resume_from": str(resume_from) if resume_from else None,
         },
         # Ray Train V2 takes (min, max) for elastic groups; the annotation is V1's.
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu),  # type: ignore[arg-type]
@@ -105,6 +113,8 @@ def run_pretrain(cfg: PretrainConfig, *, _fail_at_step: int | None = None) -> di
         ),
     )
     result = trainer.fit()
+    if cfg.resume:
+        (out / "config.json").write_text(config_json)
     return {
         "name": name,
         "dir": str(out),

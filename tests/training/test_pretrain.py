@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +204,38 @@ def test_pretrain_with_a_relative_run_dir_as_the_readme_types_it(
     assert main(args) == 0
     saved = json.loads((tmp_path / "runs/alps/pretrain/relative/config.json").read_text())
     assert saved["run_dir"] == str(tmp_path / "runs" / "alps")
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_passed_over_and_a_failed_resume_keeps_the_config(
+    shard_set: Any, ray_session: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = short_run(shard_set, tmp_path, "damaged", epochs=2)  # checkpoints at steps 4 and 8
+    first = run_pretrain(cfg)
+    run = Path(first["dir"])
+    newest = latest_checkpoint(run)
+    model = newest / "model.pt"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # truncated
+
+    with pytest.raises(CheckpointError, match=rf"cannot read {re.escape(str(model))}"):
+        export_encoder(run, tmp_path / "encoder.pt")  # names the file, not just "RuntimeError"
+
+    with caplog.at_level(logging.WARNING):
+        resumed = run_pretrain(cfg.model_copy(update={"resume": True, "epochs": 3}))
+    assert f"{newest.name} is damaged" in caplog.text
+    assert resumed["metrics"]["step"] == 12, "from the intact step-4 checkpoint, 2 more epochs"
+    assert json.loads((run / "config.json").read_text())["epochs"] == 3, "written on success"
+
+    for ckpt in (p for p in run.glob("checkpoint_*") if p.is_dir()):  # none intact left
+        (ckpt / "model.pt").write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match="no intact checkpoint"):
+        run_pretrain(cfg.model_copy(update={"resume": True, "epochs": 4, "workers": 1}))
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["epochs"], saved["workers"]) == (3, 2), "a failed resume leaves the config"
+
+
+def test_a_garbage_encoder_file_is_a_clear_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "encoder.pt"
+    garbage.write_bytes(b"not a torch file at all")
+    with pytest.raises(CheckpointError, match=re.escape(str(garbage))):
+        load_encoder(garbage)
