@@ -225,6 +225,8 @@ class ShardStream(IterableDataset):
                 produced, batch = produced + 1, []
         if batch and not self.drop_last:
             yield self._collate(batch)
+        if self.skips.count:  # skipped after the last batch: counted, with no samples
+            yield {"skipped": self.skips.take()}
 
     def _worker_batches(self, worker: int, workers: int) -> int | None:
         """Batches this worker yields per epoch (resampled: the rank's total, spread out)."""
@@ -282,7 +284,8 @@ class ShardLoader:
     def __iter__(self) -> Iterator[Sample]:
         for batch in self.loader:
             self.skipped += batch["skipped"]
-            yield batch
+            if "meta" in batch:  # else only a count of what was skipped after the last batch
+                yield batch
 
 
 def _rank_and_world() -> tuple[int, int]:

@@ -249,6 +249,15 @@ def _figures(
     )
 
 
+def skipped_total(skipped: int, device: torch.device) -> int:
+    """Samples skipped so far by every rank and its loader workers (every rank calls it)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return skipped
+    total = torch.tensor([skipped], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(total)
+    return int(total.item())
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train's entry point: train one worker's share of the run.
 
@@ -333,6 +342,7 @@ def train_loop(config: dict[str, Any]) -> None:
             rows.append(row)
             last_row = row
             if step % cfg.log_every == 0:
+                row["skipped_total"] = skipped_total(loader.skipped, device)
                 ray.train.report(row)
                 if rank == 0:
                     _append_metrics(run_dir, rows)
@@ -350,7 +360,9 @@ def train_loop(config: dict[str, Any]) -> None:
         last = epoch == cfg.epochs - 1
         if (epoch + 1) % cfg.checkpoint_every and not last:
             continue
-        metrics = {**last_row, "step": step, "epoch": epoch}
+        total = skipped_total(loader.skipped, device)
+        metrics = {**{k: v for k, v in last_row.items() if k != "skipped"}, "step": step,
+                   "epoch": epoch, "skipped_total": total}  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:

@@ -111,6 +111,19 @@ def test_a_corrupt_sample_is_skipped_and_counted(shard_copy: Path, damage: str) 
     assert loader.skipped == 1
 
 
+def test_a_sample_skipped_after_the_last_batch_is_still_counted(shard_copy: Path) -> None:
+    manifest = read_manifest(str(shard_copy))
+    last = manifest.split_shards("val")[-1]
+    with tarfile.open(shard_copy / last.name) as tar:
+        key = tar.getnames()[-1].split(".")[0]
+    rewrite_member(shard_copy / last.name, key, "s2.npy", b"\x93NUMPY garbage")
+    n = manifest.samples("val")
+    loader = make_loader(str(shard_copy), "val", batch_size=n - 1, num_workers=0)
+    seen = [m["key"] for batch in loader for m in batch["meta"]]
+    assert key not in seen and len(seen) == n - 1
+    assert loader.skipped == 1, "the skip after the last full batch is not lost"
+
+
 def test_a_truncated_shard_loses_only_its_tail(shard_copy: Path) -> None:
     manifest = read_manifest(str(shard_copy))
     entry = manifest.split_shards("train")[0]

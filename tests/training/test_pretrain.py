@@ -54,6 +54,7 @@ def test_a_short_run_learns_and_writes_checkpoints_metrics_and_figures(
     ckpts = [p for p in Path(summary["dir"]).glob("checkpoint_*") if p.is_dir()]
     assert len(ckpts) == 2  # keep_checkpoints
     assert summary["metrics"]["step"] == 16
+    assert summary["metrics"]["skipped_total"] == 0, "every rank's count, summed"
     names = {Path(p).name for p in summary["plots"]}
     assert {"loss.png", "reconstruction_0003.png"} <= names
     # The encoder exports and encodes any input subset.
