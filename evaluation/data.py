@@ -50,6 +50,7 @@ class EvalSplit:
 
     sources: dict[str, Tensor]
     labels: Tensor
+    skipped: int = 0  # damaged samples the loader could not read
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -98,7 +99,8 @@ def load_shard_split(
             parts.append(crop_to(batch[name], patch))
         y = shard_labels(batch, kind, threshold)
         labels.append(crop_to(y, patch) if kind == "segmentation" else y)
-    return EvalSplit({k: torch.cat(v) for k, v in sources.items()}, torch.cat(labels))
+    return EvalSplit({k: torch.cat(v) for k, v in sources.items()}, torch.cat(labels),
+                     skipped=loader.skipped)  # fmt: skip
 
 
 def _stack(benchmark: Benchmark, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -205,6 +205,12 @@ def evaluate_group(
     """Every init and label fraction of one (task, protocol, inputs): report rows."""
     cfg = EvalConfig.model_validate_json(cfg_json)
     spec, train, test = _load(cfg_json, task)
+    if test.skipped:
+        raise EvaluationError(
+            f"the test split of {spec.dataset} lost {test.skipped} damaged samples "
+            f"({len(test)} read): scores on part of a test set compare with nothing; run "
+            "`eomae verify` on the shard set and re-shard it"
+        )
     path = resolve_encoder(cfg)
     probe = cfg.probe
     if probe.pool == "auto":
@@ -229,6 +235,8 @@ def evaluate_group(
                 "label_fraction": fraction, "headline": HEADLINE[spec.kind],
                 "metrics": score(spec.kind, output, test.labels, len(spec.classes)),
                 "classes": list(spec.classes), "pool": probe.pool,
+                "samples": {"train": len(train_part), "test": len(test),
+                            "train_skipped": train.skipped, "test_skipped": test.skipped},
                 "seconds": round(time.perf_counter() - t0, 2),
             }  # fmt: skip
             if seg and S2.name in subset:
@@ -302,6 +310,8 @@ def run_evaluation(cfg: EvalConfig, log: Any = print) -> dict[str, Any]:
         (cfg.shards or join_url(cfg.run_dir, SHARDS_DIR)),
         "seed": cfg.probe.seed, "date": dt.datetime.now().isoformat(timespec="seconds"),
         "class_colors": {} if spec else {t: list(landcover_task(t).colors) for t in cfg.tasks},
+        "damaged samples skipped (train)": max(
+            (r.get("samples", {}).get("train_skipped", 0) for r in rows), default=0),
     }  # fmt: skip
     report = write_report(rows, out, f"eomae evaluation: {encoder.parent.name}", context)
     return {"report": str(report), "rows": rows, "elapsed_s": round(time.perf_counter() - t0, 1)}

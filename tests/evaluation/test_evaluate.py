@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +148,39 @@ def test_ray_tasks_give_the_same_numbers_as_the_local_loop(
     assert len(remote) == len(local) == 2 * 2 * 2
     by_key = {tuple(r[k] for k in key): r["metrics"]["accuracy"] for r in local}
     assert {tuple(r[k] for k in key): r["metrics"]["accuracy"] for r in remote} == by_key
+
+
+def _damage_first_sample(tar_path: Path) -> str:
+    """Break the .npy header of the shard's first s2 member in place (size unchanged)."""
+    with tarfile.open(tar_path) as tar:
+        member = next(m for m in tar if m.name.endswith(".s2.npy"))
+    data = bytearray(tar_path.read_bytes())
+    header = data.index(b"}", member.offset_data)
+    data[header : header + 1] = b"("
+    tar_path.write_bytes(bytes(data))
+    return member.name.split(".")[0]
+
+
+def test_damaged_shards_are_reported_and_a_damaged_test_split_refused(
+    pretrained: Path, shard_set: Any, tmp_path: Path
+) -> None:
+    shards = tmp_path / "shards"
+    shutil.copytree(shard_set[0].out_url, shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    first = {s["split"]: s["name"] for s in reversed(manifest["shards"])}
+    cfg = EvalConfig(
+        run_dir=str(tmp_path), encoder=str(pretrained), shards=str(shards), tasks=["scene"],
+        protocols=["knn"], inputs=["s2+dem"], inits=["pretrained"], label_fractions=[1.0],
+        name="damaged",
+    )  # fmt: skip
+    _damage_first_sample(shards / first["train"])
+    summary = run_evaluation(cfg)
+    (row,) = summary["rows"]
+    assert row["samples"]["train_skipped"] == 1 and row["samples"]["test_skipped"] == 0
+    results = json.loads((Path(summary["report"]).parent / "results.json").read_text())
+    assert results["rows"][0]["samples"]["train_skipped"] == 1
+    assert "damaged samples skipped" in Path(summary["report"]).read_text()
+
+    _damage_first_sample(shards / first["test"])
+    with pytest.raises(EvaluationError, match="test split of shards lost 1 damaged samples"):
+        run_evaluation(cfg.model_copy(update={"name": "damaged-test"}))
