@@ -360,9 +360,9 @@ def train_loop(config: dict[str, Any]) -> None:
         last = epoch == cfg.epochs - 1
         if (epoch + 1) % cfg.checkpoint_every and not last:
             continue
-        total = skipped_total(loader.skipped, device)
+        skipped = skipped_total(loader.skipped, device)
         metrics = {**{k: v for k, v in last_row.items() if k != "skipped"}, "step": step,
-                   "epoch": epoch, "skipped_total": total}  # fmt: skip
+                   "epoch": epoch, "skipped_total": skipped}  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
