@@ -137,7 +137,7 @@ def generate_world(
     An existing world with another config is replaced; any other non-empty directory is
     refused rather than overwritten.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()  # hrefs are made relative from absolute paths
     marker = read_marker(out_dir)
     if out_dir.exists() and marker is None and any(out_dir.iterdir()):
         raise WorldError(

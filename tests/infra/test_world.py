@@ -574,3 +574,18 @@ def test_antimeridian_geometries_are_split_at_180(region_worlds: dict[str, Path]
     assert truth["master"]["unwrapped_longitudes"]
     with rasterio.open(world / truth["master"]["elevation"]) as src:
         assert src.crs.to_epsg() == 4326 and src.bounds.left < 180 < src.bounds.right
+
+
+def test_a_relative_output_path_gives_hrefs_that_resolve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`eomae world worlds/w1`: hrefs must not point into the temporary build folder."""
+    monkeypatch.chdir(tmp_path)
+    generate_world(Path("worlds/w1"), SMALL)
+    items = _items(tmp_path / "worlds" / "w1")
+    assert items
+    for item in items:
+        for asset in item.assets.values():
+            href = asset.get_absolute_href()
+            assert href is not None and ".tmp-" not in href, href
+            assert Path(href).is_file(), href
