@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import shapely
@@ -20,6 +20,7 @@ from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
 RESOLUTION_M = 10
+Lon = TypeVar("Lon", float, np.ndarray)
 FOOTPRINT_POINTS_PER_EDGE = 32  # a UTM edge is curved in lon/lat; 32 points keep it within ~1 m
 
 
@@ -105,6 +106,11 @@ def chip_grid(
     width = round((right - left) / RESOLUTION_M)
     height = round((top - bottom) / RESOLUTION_M)
     return Grid(epsg, float(left), float(top), width, height)
+
+
+def wrap_lon(lon: Lon) -> Lon:
+    """Longitude (a number or an array) in [-180, 180)."""
+    return (lon + 180.0) % 360.0 - 180.0
 
 
 def parts(geometry: BaseGeometry) -> list[BaseGeometry]:

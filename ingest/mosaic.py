@@ -21,16 +21,11 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window, from_bounds
 
-from ingest.grid import Grid, parts
+from ingest.grid import Grid, parts, wrap_lon
 from ingest.raster import ReadError, read_signed, redact, retry_transient
 
 MARGIN_PX = 2  # source pixels around the footprint, so the kernel has neighbours at its edge
 Bounds = tuple[float, float, float, float]
-
-
-def _wrap(lon: float) -> float:
-    """A longitude in [-180, 180)."""
-    return (lon + 180.0) % 360.0 - 180.0
 
 
 def geographic_crs(lon0: float) -> CRS:
@@ -51,7 +46,7 @@ def footprint_bounds(grid: Grid) -> tuple[float, Bounds]:
     xs, ys = [], []
     for part in polygons:
         for x, y in part.exterior.coords:
-            xs.append(_wrap(x - lon0))
+            xs.append(wrap_lon(x - lon0))
             ys.append(y)
     return lon0, (min(xs), min(ys), max(xs), max(ys))
 
@@ -66,7 +61,7 @@ def _read_piece(href: str, lon0: float, want: Bounds) -> tuple[np.ndarray, Affin
         if src.crs is None or not src.crs.is_geographic:
             raise ReadError(f"{redact(href)} is not in geographic coordinates")
         t = src.transform
-        shifted = Affine(t.a, t.b, _wrap(t.c - lon0), t.d, t.e, t.f)
+        shifted = Affine(t.a, t.b, wrap_lon(t.c - lon0), t.d, t.e, t.f)
         mx, my = MARGIN_PX * abs(t.a), MARGIN_PX * abs(t.e)
         window = from_bounds(want[0] - mx, want[1] - my, want[2] + mx, want[3] + my, shifted)
         col0, row0 = max(math.floor(window.col_off), 0), max(math.floor(window.row_off), 0)

@@ -26,7 +26,7 @@ from shapely.geometry.base import BaseGeometry
 
 from ingest.catalog import Catalog, CatalogError
 from ingest.config import IngestConfig
-from ingest.grid import Grid, chip_grid, lonlat_footprint, parts
+from ingest.grid import Grid, chip_grid, parts
 from ingest.sources import dem, sentinel2, worldcover
 
 
@@ -160,7 +160,7 @@ def tile_grids(
     chip_size: int,
 ) -> list[Grid]:
     """One grid per AOI that touches the tile; grids that overlap are merged into one."""
-    tile = lonlat_footprint(epsg, bounds)
+    tile = sentinel2.tile_footprint(epsg, bounds)
     pending = [g for a in aois if a.intersects(tile)
                if (g := chip_grid(epsg, bounds, a, chip_size)) is not None]  # fmt: skip
     merged: list[Grid] = []
@@ -184,6 +184,7 @@ def search_scenes(
     (100 %) the search has no cloud filter, so items without `eo:cloud_cover` come too.
     """
     found: dict[str, dict] = {}
+    bad: set[str] = set()  # ids skipped for a problem, not looked at again
     limit = cfg.max_cloud_cover if cfg.max_cloud_cover < 100 else None
     for aoi in (part for a in aois for part in parts(a)):
         for item in catalog.search(
@@ -193,29 +194,35 @@ def search_scenes(
             max_cloud_cover=limit,
             sortby="eo:cloud_cover",
         ):
-            if item.id in found or item.id in {s.item_id for s in skipped}:
+            if item.id in found or item.id in bad:
                 continue
             data = item.to_dict(transform_hrefs=False)
             problem = sentinel2.item_problem(data)
             if problem is not None:
+                bad.add(item.id)
                 skipped.append(Skipped(item.id, problem))
             elif shape(data["geometry"]).intersects(aoi):
                 found[item.id] = data
     return latest_processing(list(found.values()))
 
 
-def agreeing(items: list[dict], skipped: list[Skipped]) -> list[dict]:
-    """The items of one tile whose CRS and bounds agree with most of them; others skipped.
+def agreeing(
+    items: list[dict], skipped: list[Skipped]
+) -> tuple[tuple[int, tuple[float, float, float, float]], list[dict]]:
+    """The tile's frame (CRS, bounds) and its items that agree with it; others skipped.
 
     One item with a wrong proj:epsg or proj:shape must not move or shrink its tile's grid.
     """
     frame = tile_frame(items)
+    kept = []
     for item in items:
-        if _frame(item) != frame:
-            skipped.append(Skipped(item["id"], f"proj fields EPSG:{_frame(item)[0]} "
-                                   f"{_frame(item)[1]} disagree with the tile's other items "
-                                   f"(EPSG:{frame[0]} {frame[1]})"))  # fmt: skip
-    return [i for i in items if _frame(i) == frame]
+        if (own := _frame(item)) == frame:
+            kept.append(item)
+        else:
+            why = (f"proj fields EPSG:{own[0]} {own[1]} disagree with the tile's other items "
+                   f"(EPSG:{frame[0]} {frame[1]})")  # fmt: skip
+            skipped.append(Skipped(item["id"], why))
+    return frame, kept
 
 
 def make_plan(cfg: IngestConfig, catalog: Catalog) -> Plan:
@@ -237,8 +244,7 @@ def make_plan(cfg: IngestConfig, catalog: Catalog) -> Plan:
 
     units = []
     for tile, found in sorted(by_tile.items()):
-        items = agreeing(found, skipped)
-        epsg, bounds = tile_frame(items)
+        (epsg, bounds), items = agreeing(found, skipped)
         grids = tile_grids(epsg, bounds, aois, cfg.chip_size)
         for grid in grids:
             footprint = grid.footprint()

@@ -70,7 +70,6 @@ from infra.world.layout import (
     tiles_bounds,
     to_lonlat,
     worldcover_tiles,
-    wrap_lon,
 )
 from infra.world.sentinel2 import (
     MARKER_SPECTRUM,
@@ -90,6 +89,7 @@ from infra.world.stac import (
     sentinel2_item_id,
     worldcover_item,
 )
+from ingest.grid import wrap_lon
 from ingest.sources import dem, sentinel2, worldcover
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ from pyproj import Transformer
 from shapely.geometry import Polygon, box
 
 from infra.world.config import RegionName, WorldConfig
+from ingest.grid import wrap_lon
 from ingest.sources import sentinel2
 
 TILE_OVERLAP = 0.1  # fraction of a tile shared with its neighbour
@@ -88,11 +89,6 @@ REGIONS: dict[RegionName, Region] = {
         time(22, 5, 41),  # early enough that the next orbit is still on the same UTC day
     ),
 }  # fmt: skip
-
-
-def wrap_lon(lon: T) -> T:
-    """Longitude in [-180, 180)."""
-    return (lon + 180.0) % 360.0 - 180.0
 
 
 def unwrap_lon(lon: T, ref: float) -> T:

@@ -20,7 +20,8 @@ from affine import Affine
 from shapely.geometry import MultiPolygon, Polygon, box, mapping
 from shapely.geometry.base import BaseGeometry
 
-from infra.world.layout import Acquisition, TileGrid, processing_time, wrap_lon
+from infra.world.layout import Acquisition, TileGrid, processing_time
+from ingest.grid import wrap_lon
 from ingest.sources import dem, sentinel2, worldcover
 
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"

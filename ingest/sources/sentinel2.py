@@ -107,9 +107,7 @@ INVALID_CLASSES: frozenset[SceneClass] = CLOUD_CLASSES | {
 
 def baseline_has_offset(baseline: str) -> bool:
     """True when a product of this processing baseline (e.g. "04.00") carries the +1000 DN."""
-    major, minor = (int(p) for p in baseline.split("."))
-    ref_major, ref_minor = (int(p) for p in OFFSET_BASELINE.split("."))
-    return (major, minor) >= (ref_major, ref_minor)
+    return baseline_key(baseline) >= baseline_key(OFFSET_BASELINE)
 
 
 def processing_baseline(item: dict[str, Any]) -> tuple[str, bool]:
@@ -155,7 +153,7 @@ def item_problem(item: dict[str, Any]) -> str | None:
         return f"unreadable geometry ({err!r})"
     if not geometry.is_valid:
         return f"invalid geometry: {explain_validity(geometry)}"
-    if not geometry.intersects(_tile_footprint(epsg, bounds)):
+    if not geometry.intersects(tile_footprint(epsg, bounds)):
         return f"geometry lies outside the tile its proj fields describe (EPSG:{epsg} {bounds})"
     return None
 
@@ -209,7 +207,8 @@ def platform_code(item: dict[str, Any]) -> str:
 
 
 @lru_cache(maxsize=1024)
-def _tile_footprint(epsg: int, bounds: tuple[float, float, float, float]) -> BaseGeometry:
+def tile_footprint(epsg: int, bounds: tuple[float, float, float, float]) -> BaseGeometry:
+    """A tile's outline in lon/lat (cached: every item of a tile asks for it)."""
     return lonlat_footprint(epsg, bounds)
 
 
@@ -228,7 +227,7 @@ def usable_share(item: dict[str, Any], footprint: BaseGeometry | None = None) ->
     cloud = 1.0 if stated is None else min(max(float(stated) / 100, 0.0), 1.0)  # unknown: cloudy
     nodata = min(max(float(props.get("s2:nodata_pixel_percentage") or 0.0) / 100, 0.0), 1.0)
     try:
-        tile = _tile_footprint(item_epsg(item), tile_bounds(item))
+        tile = tile_footprint(item_epsg(item), tile_bounds(item))
         geometry = shape(item["geometry"])
     except (KeyError, TypeError, ValueError):  # no usable geometry or proj fields
         return (1 - nodata) * (1 - cloud)
