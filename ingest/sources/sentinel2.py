@@ -110,16 +110,28 @@ def baseline_has_offset(baseline: str) -> bool:
     return baseline_key(baseline) >= baseline_key(OFFSET_BASELINE)
 
 
-def processing_baseline(item: dict[str, Any]) -> tuple[str, bool]:
-    """(baseline, inferred): the item's `s2:processing_baseline`, else one from the date.
+# ESA's product name carries the baseline: S2B_MSIL2A_20230101T102339_N0510_R065_... is 05.10.
+_BASELINE_IN_NAME = re.compile(r"_N(\d{2})(\d{2})_")
 
-    A missing or unreadable baseline is inferred from the sensing date: the +1000 offset
-    began with 04.00 on 25 Jan 2022; before it, "00.00" stands for "some earlier one".
+
+def processing_baseline(item: dict[str, Any]) -> tuple[str, bool]:
+    """(baseline, inferred): `s2:processing_baseline`, else the product name's, else the date's.
+
+    Items in the STAC projection v2 layout may lack the property; their SAFE product name
+    (in `s2:product_uri` or the asset hrefs) still states it. Without either, the baseline
+    is inferred from the sensing date: the +1000 offset began with 04.00 on 25 Jan 2022;
+    before it, "00.00" stands for "some earlier one".
     """
-    stated = item["properties"].get("s2:processing_baseline")
+    props = item["properties"]
+    stated = props.get("s2:processing_baseline")
     if baseline_key(str(stated)) > (0,):
         return str(stated), False
-    sensed = datetime.fromisoformat(item["properties"]["datetime"].replace("Z", "+00:00"))
+    names = [str(props.get("s2:product_uri", ""))]
+    names += [str(a.get("href", "")) for a in (item.get("assets") or {}).values()]
+    for name in names:
+        if found := _BASELINE_IN_NAME.search(name):
+            return f"{found[1]}.{found[2]}", False
+    sensed = datetime.fromisoformat(props["datetime"].replace("Z", "+00:00"))
     return (OFFSET_BASELINE if sensed.date() >= OFFSET_START else "00.00"), True
 
 

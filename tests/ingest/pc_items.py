@@ -64,7 +64,8 @@ def s2_item(
     )
     sensed = when[:19].replace("-", "").replace(":", "")
     item_id = f"{platform}_MSIL2A_{sensed}_R{orbit:03d}_T{tile}_{sensed[:8]}T180331"
-    folder = f"{BLOB}/{tile[:2]}/{tile[2]}/{tile[3:]}/{when[:10].replace('-', '/')}/{item_id}.SAFE"
+    safe = item_id.replace("_R", f"_N{baseline.replace('.', '')}_R", 1)  # ESA's product name
+    folder = f"{BLOB}/{tile[:2]}/{tile[2]}/{tile[3:]}/{when[:10].replace('-', '/')}/{safe}.SAFE"
     assets = {}
     for key, res in [(b.name, b.resolution_m) for b in sentinel2.BANDS] + [("SCL", 20)]:
         n = TILE_PX * 10 // res

@@ -342,8 +342,10 @@ def test_a_missing_baseline_is_inferred_from_the_date_and_said_so() -> None:
         s2_item(tile, epsg, left, top, when, orbit=29)
         for when in ("2021-06-05T21:25:19.024000Z", "2023-06-05T21:25:19.024000Z")
     ]
-    for item in items:
+    for item in items:  # no property, no product name in the hrefs: only the date is left
         del item["properties"]["s2:processing_baseline"]
+        for asset in item["assets"].values():
+            asset["href"] = asset["href"].replace("_N0509_", "_")
     catalog = StaticCatalog([*items, *_aux(box(-148, 60, -144, 62))])
     cfg = IngestConfig(bbox=[(-148.0, 60.0, -144.0, 62.0)], start="2021-01-01",
                        end="2023-12-31", max_cloud_cover=100)  # fmt: skip
@@ -359,3 +361,22 @@ def test_an_item_without_cloud_cover_is_planned_last_not_dropped() -> None:
     units, _ = _plan([unknown, known, *_aux(box(-147, 60, -145, 62))],
                      bbox=[(-149.0, 60.0, -146.0, 62.0)])  # fmt: skip
     assert [u.s2_item["id"] for u in units] == [known["id"], unknown["id"]]
+
+
+def test_an_item_in_the_projection_v2_layout_is_planned() -> None:
+    """PC's items now follow STAC 1.1 / projection v2, as a published fixture of one shows
+    (S2B_MSIL2A_20230101T102339_R065_T32UPC_20240806T223544): `proj:code` instead of
+    `proj:epsg`, and no `s2:processing_baseline`, the product name (..._N0510_...) in the
+    hrefs stating it."""
+    tile, epsg, left, top = ALASKA
+    item = s2_item(tile, epsg, left, top, "2023-06-05T21:25:19.024000Z", orbit=29,
+                   baseline="05.10")  # fmt: skip
+    item["stac_version"] = "1.1.0"
+    props = item["properties"]
+    del props["proj:epsg"], props["s2:processing_baseline"]
+    props["proj:code"] = f"EPSG:{epsg}"
+    assert "_N0510_R029_" in item["assets"]["B04"]["href"]
+    (unit,), _ = _plan([item, *_aux(box(-147, 60, -145, 62))], start="2023-06-01",
+                       end="2023-06-30", bbox=[(-149.0, 60.0, -146.0, 62.0)])  # fmt: skip
+    assert unit.target.epsg == epsg
+    assert (unit.baseline, unit.baseline_inferred) == ("05.10", False)
