@@ -80,10 +80,12 @@ def ray_session() -> Iterator[None]:
     """A local Ray shared by every test that needs one."""
     import ray
 
+    from ingest.parallel import init_ray
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # "local": never join a cluster a stale /tmp/ray/ray_current_cluster names.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray("local", num_cpus=2)
     yield
     ray.shutdown()
 

@@ -26,6 +26,7 @@ import pytest
 import rasterio
 import zarr
 from fault_proxy import FaultProxy  # tests/ingest is on sys.path (rootdir imports)
+from procfs import alive, descendants
 from pydantic import ValidationError
 from rasterio.enums import Resampling
 
@@ -189,33 +190,6 @@ def test_task_raising_midway_is_recorded_then_rerun_completes(
     assert checksums(cfg.run_dir) == clean
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every live descendant of `pid`, from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")  # a zombie is dead; its reaper may be slow
-
-
 def _ingest_command(cfg: IngestConfig) -> list[str]:
     (bbox,) = cfg.bbox
     return [
@@ -255,7 +229,7 @@ def test_sigkill_of_driver_then_rerun_loses_and_duplicates_nothing(
                     break
             time.sleep(0.05)
     finally:
-        tree = _descendants(driver.pid)  # Ray's GCS, raylet, workers
+        tree = descendants(driver.pid)  # Ray's GCS, raylet, workers
         try:
             os.killpg(driver.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -269,9 +243,9 @@ def test_sigkill_of_driver_then_rerun_loses_and_duplicates_nothing(
         log.close()
     assert driver.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
     end = time.monotonic() + 30
-    while any(_alive(p) for p in tree) and time.monotonic() < end:
+    while any(alive(p) for p in tree) and time.monotonic() < end:
         time.sleep(0.1)
-    assert not [p for p in tree if _alive(p)], "Ray processes of the killed driver survive"
+    assert not [p for p in tree if alive(p)], "Ray processes of the killed driver survive"
     units = planned(cfg.run_dir)
     assert 1 <= done < len(units), "killed mid-run"
     assert len(complete_units(cfg.run_dir)) < len(units)
