@@ -74,6 +74,26 @@ def array(group: zarr.Group, name: str) -> zarr.Array:
     return arr
 
 
+class CubeDamageError(ValueError):
+    """A cube unit marked complete that cannot be read back."""
+
+
+def read(group: zarr.Group, name: str, window: Any = ...) -> np.ndarray:
+    """`window` of array `name` of a cube unit; an error naming both if it cannot be decoded.
+
+    zarr raises its codecs' own errors (a checksum mismatch, a failed decompression),
+    which say nothing of where they come from.
+    """
+    try:
+        return np.asarray(array(group, name)[window])
+    except Exception as e:
+        unit = group.basename
+        raise CubeDamageError(
+            f"unit {unit} of the cube: array {name} cannot be read ({type(e).__name__}: {e}); "
+            f"delete the folder {unit} of the cube and run `eomae ingest` again to rewrite it"
+        ) from e
+
+
 def unit_origin(group: zarr.Group) -> tuple[int, float, float]:
     """EPSG, left and top of a cube unit, from its attributes."""
     attrs: dict[str, Any] = dict(group.attrs)
@@ -93,7 +113,7 @@ def scan_unit(cube_url: str, unit_id: str, chip_size: int) -> list[Chip]:
     group = open_cube(cube_url)[unit_id]
     assert isinstance(group, zarr.Group)
     epsg, left, top = unit_origin(group)
-    valid = np.asarray(array(group, "valid")[...])
+    valid = read(group, "valid")
     height, width = valid.shape
     extent = chip_size * RESOLUTION_M
     x_first = math.ceil(left / extent) * extent
@@ -103,8 +123,7 @@ def scan_unit(cube_url: str, unit_id: str, chip_size: int) -> list[Chip]:
     if n_cols <= 0 or n_rows <= 0:
         return []
     window = np.s_[row0 : row0 + n_rows * chip_size, col0 : col0 + n_cols * chip_size]
-    scl = np.asarray(array(group, "scl")[window])
-    lc = np.asarray(array(group, "lc")[window])
+    scl, lc = read(group, "scl", window), read(group, "lc", window)
     area = chip_size * chip_size
 
     def count(mask: np.ndarray) -> np.ndarray:
@@ -119,7 +138,7 @@ def scan_unit(cube_url: str, unit_id: str, chip_size: int) -> list[Chip]:
     fractions = per_class / np.maximum(covered, 1)[..., None]
     shares = {"s2": observed / area, "lc": covered / area}
     if "coverage" in group:
-        bits = np.asarray(array(group, "coverage")[window])
+        bits = read(group, "coverage", window)
         shares = {name: count((bits & bit) > 0) / area for name, bit in COVERAGE_BITS.items()}
     chips = []
     for r in range(n_rows):

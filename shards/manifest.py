@@ -97,17 +97,29 @@ def read_json(url: str) -> Any:
 def read_manifest(shards_url: str) -> Manifest:
     """The manifest of a shard set, with an error saying what is wrong."""
     url = join_url(shards_url, MANIFEST)
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        raise ShardSetError(f"no complete shard set at {shards_url}; run `eomae shard`")
     try:
         data = read_json(url)
     except ShardSetError as e:
-        raise ShardSetError(f"no complete shard set at {shards_url}; run `eomae shard`") from e
+        raise ShardSetError(f"{e}; `eomae shard --force` rewrites the shard set") from e
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as e:
-        raise ShardSetError(f"{url} is not an eomae manifest: {e}") from e
+        raise ShardSetError(
+            f"{url} is not an eomae manifest ({e.error_count()} problems, first: "
+            f"{_first(e)}); `eomae shard --force` rewrites the shard set"
+        ) from e
     if manifest.version != FORMAT_VERSION:
         raise ShardSetError(f"{url} has format version {manifest.version}, need {FORMAT_VERSION}")
     return manifest
+
+
+def _first(error: ValidationError) -> str:
+    """The first problem of a validation error, without the (possibly huge) input."""
+    first = error.errors(include_url=False, include_input=False)[0]
+    return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
 
 
 def read_stats(shards_url: str) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from ingest.cube import open_cube, unit_problems
 from ingest.grid import RESOLUTION_M
 from ingest.parallel import imap_unordered
 from shards import sample, tar
-from shards.chips import Chip, array, scan_unit, split_chips
+from shards.chips import Chip, read, scan_unit, split_chips
 from shards.config import CONTENT_FIELDS, SPLITS, ShardConfig, join_url
 from shards.manifest import (
     FORMAT_VERSION,
@@ -112,7 +112,7 @@ def read_chip(group: zarr.Group, chip: Chip, size: int) -> dict[str, np.ndarray]
     rows, cols = slice(chip.row, chip.row + size), slice(chip.col, chip.col + size)
     arrays = {}
     for name in (*MODALITIES, VALID):
-        a = np.asarray(array(group, name)[..., rows, cols])
+        a = read(group, name, np.s_[..., rows, cols])
         arrays[name] = a[None] if name in MODALITIES and a.ndim == 2 else a
     return arrays
 

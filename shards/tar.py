@@ -183,7 +183,7 @@ def parse_index(data: bytes, tar_bytes: int) -> list[IndexedSample]:
             for key, fields in index["samples"]
         ]
     except (ValueError, KeyError, TypeError) as e:
-        raise TarError(f"malformed index: {e!r}") from e
+        raise TarError(f"malformed index: {type(e).__name__}: {e}") from e
     if any(not m or m[-1][1] + m[-1][2] > tar_bytes for _, m in samples):
         raise TarError("index points past the end of its tar")
     return samples

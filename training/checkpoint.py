@@ -53,7 +53,7 @@ def damage(directory: Path) -> str | None:
     try:
         json.loads((directory / STATE).read_text())["step"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"cannot read {directory / STATE}: {e!r}"
+        return f"cannot read {directory / STATE}: {type(e).__name__}: {e}"
     return None
 
 

@@ -249,3 +249,20 @@ def test_missing_cube_and_impossible_filters_are_named(shard_set: Any, tmp_path:
 def test_bad_fractions_are_rejected_before_work() -> None:
     with pytest.raises(ValueError, match="val_fraction \\+ test_fraction"):
         ShardConfig(val_fraction=0.6, test_fraction=0.5)
+
+
+def test_a_corrupt_cube_chunk_is_named_by_unit_and_array(shard_set: Any, tmp_path: Path) -> None:
+    """zarr's own error (a checksum mismatch) says nothing of where it comes from."""
+    import shutil
+
+    cfg, _ = shard_set
+    run = tmp_path / "run"
+    shutil.copytree(Path(cfg.run_dir) / "cube.zarr", run / "cube.zarr")
+    unit = sorted(p.name for p in (run / "cube.zarr").iterdir() if p.is_dir())[0]
+    stored = next(p for p in (run / "cube.zarr" / unit / "s2" / "c").rglob("*") if p.is_file())
+    stored.write_bytes(b"garbage" * 50)
+    with pytest.raises(ShardSetError) as raised:
+        run_shard(cfg.model_copy(update={"run_dir": str(run), "out": str(run / "shards")}))
+    message = str(raised.value)
+    assert f"unit {unit} of the cube: array s2 cannot be read" in message
+    assert "checksum" in message and "eomae ingest" in message

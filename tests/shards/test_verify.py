@@ -16,7 +16,7 @@ import pytest
 
 from shards import tar
 from shards.config import SPLITS
-from shards.manifest import MANIFEST, read_manifest, sha256_of
+from shards.manifest import MANIFEST, ShardSetError, read_manifest, sha256_of
 from shards.preview import describe, figure_inches, preview
 from shards.verify import Problem, verify
 
@@ -197,6 +197,31 @@ def test_an_index_that_does_not_match_its_shard_is_reported(shard_copy: Path) ->
     problems = verify(str(shard_copy))
     assert where(problems) == {(name, "", "index")}
     assert "missing" in problems[0].detail
+
+
+def test_an_index_overwritten_with_binary_is_named_in_a_line(shard_copy: Path) -> None:
+    """A UnicodeDecodeError's repr holds the whole input: 20 KB in one message."""
+    name, _ = target(shard_copy)
+    (shard_copy / f"{name}{tar.INDEX_SUFFIX}").write_bytes((shard_copy / name).read_bytes())
+    problems = verify(str(shard_copy))
+    assert where(problems) == {(name, "", "index")}
+    assert "malformed index: UnicodeDecodeError" in problems[0].detail
+    assert len(problems[0].detail) < 200
+
+
+def test_a_damaged_manifest_says_what_is_wrong(shard_copy: Path) -> None:
+    manifest = shard_copy / MANIFEST
+    sound = json.loads(manifest.read_text())
+    manifest.write_text(manifest.read_text()[:100])
+    with pytest.raises(ShardSetError, match="is not valid JSON.*shard --force"):
+        read_manifest(str(shard_copy))
+    manifest.write_text(json.dumps({**sound, "shards": [{"name": 3}] * 2000}))
+    with pytest.raises(ShardSetError, match="not an eomae manifest .*shards.0") as raised:
+        read_manifest(str(shard_copy))
+    assert len(str(raised.value)) < 400
+    manifest.unlink()
+    with pytest.raises(ShardSetError, match="no complete shard set .*run `eomae shard`"):
+        read_manifest(str(shard_copy))
 
 
 def test_duplicates_strays_and_bad_json_are_all_reported(shard_copy: Path) -> None:
