@@ -81,7 +81,10 @@ class Catalog:
         sortby: str | None = None,
         limit: int = 100,
     ) -> list[pystac.Item]:
-        """All items of `collection` matching the filters, following every result page."""
+        """All items of `collection` matching the filters, following every result page.
+
+        `max_cloud_cover` keeps items at or under it and items without `eo:cloud_cover`.
+        """
         if collection not in self.collections():
             raise CatalogError(
                 f"collection {collection!r} not in {self.url}; it has: {sorted(self.collections())}"
@@ -92,7 +95,17 @@ class Catalog:
         if datetime is not None:
             kwargs["datetime"] = datetime
         if max_cloud_cover is not None:
-            kwargs["query"] = {"eo:cloud_cover": {"lte": max_cloud_cover}}
+            # Items that state no cloud cover come too (a `query` would drop them without
+            # a word): the caller decides, and says, what becomes of them.
+            cloud = {"property": "eo:cloud_cover"}
+            kwargs["filter"] = {
+                "op": "or",
+                "args": [
+                    {"op": "<=", "args": [cloud, max_cloud_cover]},
+                    {"op": "isNull", "args": [cloud]},
+                ],
+            }
+            kwargs["filter_lang"] = "cql2-json"
         if sortby is not None:
             kwargs["sortby"] = sortby
         try:

@@ -180,8 +180,9 @@ def search_scenes(
 ) -> list[dict]:
     """S2 items touching any AOI, searched AOI by AOI (never one box around all of them).
 
-    An item the planner cannot use goes to `skipped` with its reason. With no cloud limit
-    (100 %) the search has no cloud filter, so items without `eo:cloud_cover` come too.
+    An item the planner cannot use goes to `skipped` with its reason; so does an item
+    without `eo:cloud_cover` under a cloud limit. With no limit (100 %) it is planned,
+    ranked as fully cloudy.
     """
     found: dict[str, dict] = {}
     bad: set[str] = set()  # ids skipped for a problem, not looked at again
@@ -198,12 +199,19 @@ def search_scenes(
                 continue
             data = item.to_dict(transform_hrefs=False)
             problem = sentinel2.item_problem(data)
+            if problem is None and limit is not None and _no_cloud_cover(data):
+                problem = (f"no eo:cloud_cover: cannot tell whether it is within "
+                           f"max_cloud_cover {limit:g}")  # fmt: skip
             if problem is not None:
                 bad.add(item.id)
                 skipped.append(Skipped(item.id, problem))
             elif shape(data["geometry"]).intersects(aoi):
                 found[item.id] = data
     return latest_processing(list(found.values()))
+
+
+def _no_cloud_cover(item: dict) -> bool:
+    return item["properties"].get("eo:cloud_cover") is None
 
 
 def agreeing(

@@ -217,7 +217,8 @@ class StaticCatalog:
                 last = _when(props["datetime"] or props["end_datetime"])
                 if last < start or first > end:
                     continue
-            if max_cloud_cover is not None and props.get("eo:cloud_cover", 0) > max_cloud_cover:
+            cloud = props.get("eo:cloud_cover")  # as ingest.catalog asks: <= limit or null
+            if max_cloud_cover is not None and cloud is not None and cloud > max_cloud_cover:
                 continue
             found.append(item)
         if sortby:

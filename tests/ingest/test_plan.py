@@ -363,6 +363,49 @@ def test_an_item_without_cloud_cover_is_planned_last_not_dropped() -> None:
     assert [u.s2_item["id"] for u in units] == [known["id"], unknown["id"]]
 
 
+def test_under_a_cloud_limit_an_item_without_cloud_cover_is_skipped_and_said_so() -> None:
+    tile, epsg, left, top = ALASKA
+    known = s2_item(tile, epsg, left, top, "2021-06-05T21:25:19.024000Z", orbit=29, cloud=10.0)
+    unknown = s2_item(tile, epsg, left, top, "2021-06-07T21:25:19.024000Z", orbit=30)
+    del unknown["properties"]["eo:cloud_cover"]
+    catalog = StaticCatalog([unknown, known, *_aux(box(-147, 60, -145, 62))])
+    cfg = IngestConfig(bbox=[(-149.0, 60.0, -146.0, 62.0)], start="2021-06-01",
+                       end="2021-06-30", max_cloud_cover=20)  # fmt: skip
+    plan = make_plan(cfg, catalog)  # type: ignore[arg-type]
+    assert [u.s2_item["id"] for u in plan.units] == [known["id"]]
+    assert [(s.item_id, s.reason) for s in plan.skipped] == [
+        (unknown["id"], "no eo:cloud_cover: cannot tell whether it is within max_cloud_cover 20")
+    ]
+
+
+def test_the_cloud_limit_is_a_filter_the_local_api_answers(
+    make_config: Callable[..., IngestConfig], local_services: Any, tmp_path: Path
+) -> None:
+    """The limit goes as CQL2 (<= limit or null); a `query` drops undeclared items silently."""
+    from pypgstac.load import Loader, Methods
+
+    from infra.services.postgres import pgstac_db
+    from ingest.catalog import open_catalog
+    from ingest.sources import sentinel2
+
+    catalog = open_catalog(make_config(tmp_path).catalog)
+    every = catalog.search(sentinel2.COLLECTION)
+    undeclared = json.loads(json.dumps(every[0].to_dict(transform_hrefs=False)))
+    undeclared["id"] += "_NO_CLOUD_COVER"
+    del undeclared["properties"]["eo:cloud_cover"]
+    with pgstac_db(local_services.postgres.dsn()) as db:
+        Loader(db).load_items(iter([undeclared]), Methods.insert)
+        try:
+            clear = catalog.search(sentinel2.COLLECTION, max_cloud_cover=20)
+        finally:  # the world is shared by the session's tests
+            db.connect().execute(
+                "SELECT pgstac.delete_item(%s, %s)", [undeclared["id"], sentinel2.COLLECTION]
+            )
+    expected = {i.id for i in every if i.properties["eo:cloud_cover"] <= 20}
+    assert 0 < len(expected) < len(every)
+    assert {i.id for i in clear} == expected | {undeclared["id"]}
+
+
 def test_an_item_in_the_projection_v2_layout_is_planned() -> None:
     """PC's items now follow STAC 1.1 / projection v2, as a published fixture of one shows
     (S2B_MSIL2A_20230101T102339_R065_T32UPC_20240806T223544): `proj:code` instead of
