@@ -151,9 +151,25 @@ class PipelineConfig(BaseModel):
                 encoder = str(Path(path, PRETRAIN_DIR, RUN_NAME, ENCODER_FILE))
                 build("evaluate", EvalConfig, self.evaluate, **local, shards=shards,
                       encoder=encoder, name=RUN_NAME)  # fmt: skip
+        errors += _size_mismatches(out)
         if errors:
             raise ValueError("\n".join(errors))
         return out
+
+
+def _size_mismatches(stages: dict[Stage, BaseModel]) -> list[str]:
+    """Chip sizes that would only fail once the stages before them have run."""
+    shard, pretrain = stages.get("shard"), stages.get("pretrain")
+    if not isinstance(shard, ShardConfig) or not isinstance(pretrain, PretrainConfig):
+        return []
+    size = pretrain.model.geometry[0]
+    if shard.chip_size >= size:
+        return []
+    return [
+        f"shard.chip_size: chips of {shard.chip_size} px are smaller than the model's input of "
+        f"{size} px (pretrain.model); raise shard.chip_size (or ingest.chip_size, its default) "
+        "or set pretrain.model.input_size"
+    ]
 
 
 def local_path(url: str) -> str | None:

@@ -94,6 +94,12 @@ def test_every_section_is_validated_up_front_and_errors_name_the_field(tmp_path:
     with pytest.raises(PipelineError, match=r"evaluate\.protocol: Extra inputs"):
         load_pipeline(write_yaml(tmp_path / "u.yaml", unknown))
 
+    small = {**BASE, "ingest": {**BASE["ingest"], "chip_size": 32}, "shard": {}}
+    with pytest.raises(PipelineError, match=r"shard\.chip_size: chips of 32 px .* input of 56 px"):
+        load_pipeline(write_yaml(tmp_path / "s.yaml", small))  # the EO preset's 56 px crops
+    small["pretrain"] = {**BASE["pretrain"], "model": {"size": "tiny", "input_size": 32}}
+    assert load_pipeline(write_yaml(tmp_path / "s.yaml", small)).stage_configs()["shard"]
+
     no_pretrain = {k: v for k, v in BASE.items() if k != "pretrain"}
     with pytest.raises(PipelineError, match="evaluate: needs a pretrain section"):
         load_pipeline(write_yaml(tmp_path / "n.yaml", no_pretrain))
