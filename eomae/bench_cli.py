@@ -1,4 +1,4 @@
-"""`eomae bench loader|train|ingest`: ratios measured side by side, each a median with its spread.
+"""`eomae bench loader|train|ingest|masks`: ratios measured side by side, median and spread.
 
 Every bench writes RUN/bench/NAME.json (configuration, every repeat's raw rates, the
 figures as median / min / max) and RUN/bench/NAME.png (a bar chart of the figures),
@@ -34,6 +34,7 @@ from ingest.bench import (
 from shards.bench import bench_loader, size_ratio
 from shards.config import join_url
 from training.bench import TrainBenchConfig, bench_train, train_ratios
+from training.bench_masks import bench_masks
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -242,12 +243,31 @@ def run_ingest_bench(
     return report(name, out, figures, rows, config, goals, result)
 
 
+class BenchMasksCommand(Command):
+    """MultiMAE's masking: ms per batch of masks; forward_encoder ÷ the encoder alone."""
+
+    batch: int = Field(1024, ge=1, description="Samples per batch.")
+    size: str = Field("tiny", description="Encoder size (tiny, small, base).")
+    repeats: int = Field(3, ge=1, description="Repeats (median, spread).")
+    device: str = Field("cpu", description="torch device (cpu, cuda).")
+    run_dir: Path = Field(Path("runs/demo"), description="Run directory; RUN/bench gets it.")
+
+    def cli_cmd(self) -> None:
+        """Measure, then report."""
+        rows = bench_masks(self.batch, self.size, self.repeats, self.device)
+        figures = {k: [r[k] for r in rows] for k in ("masks_ms", "encoder_ratio")}
+        goals = {"masks_ms": "<= 5 (batch 1024, 2-core CPU)", "encoder_ratio": "<= 1.5"}
+        report("masks", self.run_dir.resolve() / BENCH_DIR, figures, rows,
+               self.model_dump(mode="json"), goals)  # fmt: skip
+
+
 class BenchCommand(Command):
     """Benchmarks: ratios against what users would use instead (see docs/benchmarks.md)."""
 
     loader: CliSubCommand[BenchLoaderCommand] = Field(description=BenchLoaderCommand.__doc__)
     train: CliSubCommand[BenchTrainCommand] = Field(description=BenchTrainCommand.__doc__)
     ingest: CliSubCommand[BenchIngestCommand] = Field(description=BenchIngestCommand.__doc__)
+    masks: CliSubCommand[BenchMasksCommand] = Field(description=BenchMasksCommand.__doc__)
 
     def cli_cmd(self) -> None:
         """Dispatch to the chosen benchmark."""

@@ -1,9 +1,16 @@
 """MultiMAE's multi-modal masking: Dirichlet shares per sample, exactly K visible tokens.
 
-For each sample, the share of visible tokens given to each modality is drawn from a
-symmetric Dirichlet(alpha); the shares become integer counts summing to exactly
-`num_visible` (largest remainders; a modality never gets more tokens than it has), and
-each modality's visible tokens are a uniform draw without replacement from its grid.
+As the reference MultiMAE (`generate_random_masks`) does it, for a whole batch at once:
+
+    shares  ~ Dirichlet(alpha, ..., alpha)            per sample, one share per modality
+    counts  = round(shares * K)                        may sum to more or less than K
+    chosen  = counts[m] tokens of modality m, uniformly without replacement (all of
+              them when it has fewer)
+    visible = the chosen tokens in random order, then the others in random order; the
+              first K: a random removal from the chosen, or a random top-up from the rest
+
+No Python loop over samples, no host-device synchronisation: every draw comes from the
+generator, on its device.
 """
 
 from __future__ import annotations
@@ -12,50 +19,44 @@ import torch
 from torch import Tensor
 
 
-def visible_counts(
-    batch: int, tokens: list[int], num_visible: int, alpha: float, generator: torch.Generator
+def rounded_counts(
+    batch: int, modalities: int, num_visible: int, alpha: float, generator: torch.Generator
 ) -> Tensor:
-    """(batch, modalities) visible-token counts; each row sums to num_visible."""
-    if num_visible > sum(tokens):
-        raise ValueError(f"{num_visible} visible tokens but only {sum(tokens)} in all")
-    concentration = torch.full((len(tokens),), float(alpha))
-    # torch.distributions has no generator argument: draw Gammas through the generator's
-    # seed so the masks are reproducible for a given seed.
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        shares = torch.distributions.Dirichlet(concentration).sample((batch,))  # (B, M)
-    capacity = torch.tensor(tokens, dtype=torch.float64)
-    counts = torch.zeros(batch, len(tokens), dtype=torch.long)
-    for b in range(batch):
-        counts[b] = _apportion(shares[b].double(), capacity, num_visible)
-    return counts
+    """(batch, modalities) round(Dirichlet shares * num_visible), before the exact-K step."""
+    concentration = torch.full((batch, modalities), float(alpha), device=generator.device)
+    # The op behind torch.distributions.Dirichlet, which takes no generator itself.
+    shares = torch._sample_dirichlet(concentration, generator=generator)  # (B, M)
+    return (shares * num_visible).round().long()
 
 
-def _apportion(shares: Tensor, capacity: Tensor, total: int) -> Tensor:
-    """Integer counts ~ shares * total, summing to total, each within its capacity."""
-    counts = torch.zeros_like(capacity, dtype=torch.long)
-    open_ = capacity > 0
-    left = total
-    while left > 0:
-        want = shares * open_ / (shares * open_).sum().clamp_min(1e-12) * left
-        room = capacity - counts
-        add = torch.minimum(want.floor(), room).long()
-        if add.sum() == 0:  # hand out the remainder by largest fractional part
-            frac = torch.where(room > 0, want - want.floor() + 1e-9 * shares, torch.tensor(-1.0))
-            add = torch.zeros_like(counts)
-            add[int(frac.argmax())] = 1
-        counts += add
-        left = total - int(counts.sum())
-        open_ = (capacity - counts) > 0
-    return counts
+def sample_visible(
+    batch: int, tokens: list[int], num_visible: int, alpha: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """The visible tokens: (batch, N) bool, exactly K True per row, and (batch, K) indices.
 
+    The indices are ascending, so visible tokens keep their order.
 
-def sample_masks(counts: Tensor, tokens: list[int], generator: torch.Generator) -> list[Tensor]:
-    """Per modality a (B, N_m) bool mask, True where visible, with counts[:, m] Trues."""
-    masks = []
-    for m, n in enumerate(tokens):
-        noise = torch.rand(counts.shape[0], n, generator=generator)
-        rank = noise.argsort(dim=1).argsort(dim=1)  # a random permutation's positions
-        masks.append(rank < counts[:, m : m + 1])
-    return masks
+    Columns are the modalities' tokens one after another, `tokens[m]` of modality m.
+    """
+    total = sum(tokens)
+    if not 0 < num_visible <= total:
+        raise ValueError(f"{num_visible} visible tokens asked of {total} in all")
+    device = generator.device
+    counts = rounded_counts(batch, len(tokens), num_visible, alpha, generator)  # (B, M)
+
+    # counts[:, m] tokens of each modality: those of smallest noise (a uniform subset).
+    noise = torch.rand(batch, total, generator=generator, device=device)
+    chosen = torch.zeros(batch, total, dtype=torch.bool, device=device)
+    start = 0
+    for m, n in enumerate(tokens):  # a loop over modalities, never over samples
+        most = min(n, num_visible)  # a rounded count is at most K
+        smallest = noise[:, start : start + n].topk(most, dim=1, largest=False).indices
+        take = torch.arange(most, device=device) < counts[:, m : m + 1]  # (B, most)
+        chosen[:, start : start + n].scatter_(1, smallest, take)
+        start += n
+
+    # Exactly K: the chosen in random order, then the others; the first K.
+    tiebreak = torch.rand(batch, total, generator=generator, device=device)
+    keep = ((~chosen).float() + tiebreak).topk(num_visible, dim=1, largest=False).indices
+    visible = torch.zeros(batch, total, dtype=torch.bool, device=device)
+    return visible.scatter_(1, keep, True), keep.sort(dim=1).values

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from training.adapters import InputAdapter, OutputAdapter
 from training.config import SIZES, ModelConfig
-from training.masking import sample_masks, visible_counts
+from training.masking import sample_visible
 from training.vit import Block, init_weights
 
 
@@ -94,13 +94,14 @@ class MultiMAE(nn.Module):
         batch, device = first.shape[0], first.device
         sizes = [tokens[n].shape[1] for n in names]
         k = min(num_visible or self.num_visible, sum(sizes))
-        generator = generator or torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
-        counts = visible_counts(batch, sizes, k, self.cfg.alpha, generator)
-        masks = [m.to(device) for m in sample_masks(counts, sizes, generator)]
+        if generator is None:
+            seed = int(torch.randint(2**62, (1,)))  # the global CPU RNG: no device sync
+            generator = torch.Generator(device=device).manual_seed(seed)
+        visible, keep = sample_visible(batch, sizes, k, self.cfg.alpha, generator)
+        visible, keep = visible.to(device), keep.to(device)  # (B, N_all), (B, k)
         all_tokens = torch.cat([tokens[n] for n in names], dim=1)  # (B, N_all, D)
-        visible = torch.cat(masks, dim=1)  # (B, N_all), exactly k True per row
-        order = visible.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :k]
-        x = all_tokens.gather(1, order[..., None].expand(-1, -1, self.dim))  # (B, k, D)
+        x = all_tokens.gather(1, keep[..., None].expand(-1, -1, self.dim))  # (B, k, D)
+        masks = visible.split(sizes, dim=1)
         return self._encode_tokens(x), dict(zip(names, masks, strict=True))  # (B, 1 + k, D)
 
     def forward_decoder(self, encoded: Tensor, grid: int) -> dict[str, Tensor]:
