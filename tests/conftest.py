@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 import pytest
 
 from infra.services import LocalServices
+from infra.services.postgres import RELOCATED_MARKER
 from infra.world import WorldConfig, generate_world
 from ingest.config import IngestConfig
 from shards.config import ShardConfig
@@ -62,17 +62,18 @@ def local_services(
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _remove_relocated_clusters() -> Iterator[None]:
+def _remove_relocated_clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Delete the database clusters this session kept under /tmp.
 
     pytest's temp dirs are private (0700), so as root a cluster cannot live there and
-    PostgresCluster keeps it in /tmp/eomae-pgdata-* instead; those are ours to remove.
+    PostgresCluster keeps it in /tmp/eomae-pgdata-* instead, naming it in a marker file
+    in the requested directory. Only clusters named by this session's markers are
+    removed: another test session on the machine may be using its own.
     Set up first, torn down last: after every service has stopped.
     """
-    before = set(Path(tempfile.gettempdir()).glob("eomae-pgdata-*"))
     yield
-    for path in set(Path(tempfile.gettempdir()).glob("eomae-pgdata-*")) - before:
-        shutil.rmtree(path, ignore_errors=True)
+    for marker in tmp_path_factory.getbasetemp().rglob(RELOCATED_MARKER):
+        shutil.rmtree(marker.read_text().strip(), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
