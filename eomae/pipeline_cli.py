@@ -24,7 +24,7 @@ from eomae.pipeline import (
     run_pipeline,
 )
 from eomae.shards_cli import ProblemsFound, run_shard_with_progress
-from eomae.training_cli import print_pretrain_summary
+from eomae.training_cli import print_pretrain_summary, run_pretrain_with_progress
 from evaluation.run import EvalConfig, run_evaluation
 from infra.services import LocalServices
 from infra.world import WorldConfig
@@ -33,7 +33,7 @@ from shards.config import ShardConfig
 from shards.verify import verify
 from training.config import PretrainConfig
 from training.export import export_encoder, latest_checkpoint
-from training.pretrain import run_directory, run_pretrain
+from training.pretrain import run_directory
 
 console = Console(stderr=True)
 # The clone's configs/ (editable install), else the working directory's (the image's /app).
@@ -81,7 +81,7 @@ def pretrain_stage(cfg: PretrainConfig, resume: bool, pipeline: PipelineConfig) 
         import shutil
 
         shutil.rmtree(out)  # killed before its first checkpoint: nothing worth keeping
-    summary = run_pretrain(cfg.model_copy(update={"resume": has_checkpoint}))
+    summary = run_pretrain_with_progress(cfg.model_copy(update={"resume": has_checkpoint}))
     print_pretrain_summary(summary)
     encoder = export_encoder(latest_checkpoint(out), out / "encoder.pt")
     return {"encoder": str(encoder), "metrics": summary["metrics"]}

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import CliPositionalArg
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from eomae.config import Command
@@ -33,14 +34,39 @@ def print_pretrain_summary(summary: dict[str, Any]) -> None:
     out.print(table)
 
 
+def run_pretrain_with_progress(cfg: PretrainConfig) -> dict[str, Any]:
+    """Pretrain with a live line: step of total, epoch, loss, samples/s, elapsed, ETA."""
+    columns = (
+        TextColumn("pretrain step {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn(
+            "epoch {task.fields[epoch]} · loss {task.fields[loss]} · {task.fields[rate]} samples/s"
+        ),  # fmt: skip
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    console.print(
+        f"training on Ray; metrics in RUN/pretrain/NAME/metrics.jsonl and TensorBoard "
+        f"(tensorboard --logdir {cfg.run_dir}/pretrain)"
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("pretrain", total=None, epoch="-", loss="-", rate="-")
+
+        def update(row: dict[str, Any]) -> None:
+            bar.update(task, completed=row["step"], total=row.get("total_steps"),
+                       epoch=row["epoch"], loss=f"{row['loss']:.4g}",
+                       rate=f"{row['samples_per_s']:.0f}")  # fmt: skip
+
+        return run_pretrain(cfg, update)
+
+
 class PretrainCommand(PretrainConfig, Command):
     """Pretrain a MultiMAE on the shards with Ray Train (checkpoints, resume, elastic)."""
 
     def cli_cmd(self) -> None:
         """Train and print the summary."""
         cfg = PretrainConfig(**self.model_dump(include=set(PretrainConfig.model_fields)))
-        console.print("training on Ray; per-step metrics go to RUN/pretrain/NAME/metrics.jsonl")
-        print_pretrain_summary(run_pretrain(cfg))
+        print_pretrain_summary(run_pretrain_with_progress(cfg))
 
 
 class ExportCommand(Command):

@@ -40,6 +40,7 @@ from evaluation.protocols import PROTOCOLS, RUNNERS, ProbeConfig, Protocol
 from evaluation.report import write_report
 from shards.config import SHARDS_DIR, join_url
 from shards.modalities import DEM, LC, S2
+from training import checkpoint
 from training.export import CheckpointError, export_encoder, load_encoder, trained_pool
 from training.modalities import ModelModality
 from training.multimae import MultiMAE
@@ -214,7 +215,7 @@ def evaluate_group(
     path = resolve_encoder(cfg)
     probe = cfg.probe
     if probe.pool == "auto":
-        objective = torch.load(path, map_location="cpu").get("objective", "multimae")
+        objective = checkpoint.read(path).get("objective", "multimae")
         probe = probe.model_copy(update={"pool": trained_pool(objective)})
     rows = []
     for init in cfg.inits:

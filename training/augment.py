@@ -63,7 +63,7 @@ def sample_geometry(
     left = _uniform((batch,), 0.0, 1.0, generator) * (width - w)
     flips = torch.rand(batch, generator=generator, device=generator.device) < 0.5
     turns = torch.randint(0, 4, (batch,), generator=generator, device=generator.device)
-    return Geometry(torch.stack([top, left, h, w], dim=1).cpu(), flips.cpu(), turns.cpu())
+    return Geometry(torch.stack([top, left, h, w], dim=1), flips, turns)  # generator's device
 
 
 def resized_crop(x: Tensor, boxes: Tensor, size: int) -> Tensor:
@@ -75,7 +75,7 @@ def resized_crop(x: Tensor, boxes: Tensor, size: int) -> Tensor:
     """
     img = x[:, None] if x.ndim == 3 else x
     b, _, h, w = img.shape
-    steps = (torch.arange(size, dtype=torch.float32) + 0.5) / size  # (S,)
+    steps = (torch.arange(size, dtype=torch.float32, device=boxes.device) + 0.5) / size  # (S,)
     top, left, box_h, box_w = boxes.float().unbind(1)
     ys = top[:, None] + steps[None] * box_h[:, None]  # (B, S) source px
     xs = left[:, None] + steps[None] * box_w[:, None]
@@ -97,13 +97,17 @@ def flip_rot90(x: Tensor, flips: Tensor, turns: Tensor) -> Tensor:
 
     x: (B, ..., S, S); square, since a quarter turn swaps height and width.
     """
-    flips, turns = flips.to(x.device), turns.to(x.device)
-    out = torch.where(flips.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
-    for k in (1, 2, 3):
-        chosen = turns == k
-        if chosen.any():
-            out[chosen] = torch.rot90(out[chosen], k, dims=(-2, -1))
-    return out
+    s = x.shape[-1]
+    # Where each output pixel comes from, for (flip, turns): the same ops on an index grid.
+    grid = torch.arange(s * s, device=x.device).view(s, s)
+    sources = torch.stack([
+        torch.stack([torch.rot90(g, k, dims=(0, 1)) for k in range(4)])
+        for g in (grid, grid.flip(-1))
+    ])  # fmt: skip  # (2, 4, S, S)
+    index = sources[flips.to(x.device).long(), turns.to(x.device)].flatten(1)  # (B, S*S)
+    flat = x.flatten(-2)  # (B, ..., S*S)
+    index = index.view(index.shape[0], *[1] * (flat.ndim - 2), -1).expand_as(flat)
+    return flat.gather(-1, index).view(x.shape)  # one gather: no per-sample branch
 
 
 def apply_geometry(x: Tensor, geometry: Geometry, size: int) -> Tensor:

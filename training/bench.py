@@ -82,7 +82,7 @@ def peak_tflops(cfg: TrainBenchConfig, device: torch.device) -> float:
     return 0.0
 
 
-def step_flops(model: nn.Module, batch: dict[str, Any], cfg: TrainBenchConfig,
+def step_flops(model: nn.Module, batch: dict[str, Any], cfg: PretrainConfig,
                device: torch.device) -> float:  # fmt: skip
     """FLOPs per sample of one training step (forward, loss, backward) on `batch`.
 
@@ -93,7 +93,7 @@ def step_flops(model: nn.Module, batch: dict[str, Any], cfg: TrainBenchConfig,
     optimizer = torch.optim.SGD(scratch.parameters(), lr=0.0)
     counter = FlopCounterMode(display=False)
     with counter:
-        samples = train_step(scratch, optimizer, batch, cfg, step_generator(cfg.seed, 0, 0),
+        samples = train_step(scratch, optimizer, batch, cfg, step_generator(cfg.seed, 0, 0, device),
                              device, autocast_for(cfg, device))[2]  # fmt: skip
     return float(counter.get_total_flops()) / samples
 
@@ -130,7 +130,7 @@ def measure(cfg: TrainBenchConfig, rank: int, world: int, device: torch.device,
             if step == cfg.warmup + 1:
                 dist.barrier()
                 samples, t0 = 0, time.perf_counter()
-            generator = step_generator(cfg.seed, step, rank)
+            generator = step_generator(cfg.seed, step, rank, device)
             samples += train_step(trained, optimizer, batch, cfg, generator, device, autocast)[2]
         if device.type == "cuda":
             torch.cuda.synchronize()

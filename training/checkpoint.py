@@ -10,6 +10,7 @@ config.json    the PretrainConfig of the run (the model config inside)
 
 from __future__ import annotations
 
+import argparse
 import json
 import pickle
 import zipfile
@@ -38,7 +39,10 @@ class CheckpointError(ValueError):
 def read(path: Path, map_location: str = "cpu", **kwargs: Any) -> Any:
     """torch.load (onto the CPU); a damaged or foreign file is a CheckpointError naming it."""
     try:
-        return torch.load(path, map_location=map_location, **kwargs)
+        # Checkpoints of other projects keep their argparse options (the reference
+        # MultiMAE's `args`): a plain namespace, safe to rebuild.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, **kwargs)
     except READ_ERRORS as e:
         raise CheckpointError(f"cannot read {path}: {e}") from e
 

@@ -80,7 +80,7 @@ class CombinedModel(SoftConModel):
         """
         mae = self.online
         encoded, visible = mae.forward_encoder(view, generator)  # (B, 1 + K, D)
-        preds = mae.forward_decoder(encoded, mae.grid(view[next(iter(visible))]))
+        preds = mae.forward_decoder(encoded, visible)
         valid = valid_of(view).to(encoded.device)  # (B, H, W)
         loss, parts = multimae_loss(mae.cfg, preds, view, visible, valid, mae.patch)
         return loss, parts, self.online_head(encoded[:, 0])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -27,11 +27,36 @@ MASKING_PRESETS: dict[str, tuple[int, int, int]] = {
 }
 
 
+# `model.preset: multimae-eo` fixes these: the MultiMAE-EO authors' configuration
+# (josesosajs/multimae-meets-eo, cfgs/pretrain/default-config.yaml and domain_config.py).
+# Their model is ViT-B: `size` defaults to base but stays free, for small tests.
+MULTIMAE_EO: dict[str, Any] = {
+    "modalities": "bandgroups",
+    "masking": "eo",
+    "input_size": 56,
+    "patch_size": 8,
+    "num_visible": 49,
+    "alpha": 1.0,
+    "decoder_dim": 128,
+    "decoder_depth": 2,
+    "decoder_heads": 8,
+    "class_embed_dim": 64,
+    "norm_pix": False,
+    "dem_standardise": True,
+    "loss_weights": {},
+}
+
+
 class ModelConfig(BaseModel):
     """A MultiMAE: modalities in and out, encoder size, masking, decoders, loss weights."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    preset: Literal["eomae", "multimae-eo"] = Field(
+        "eomae",
+        description="eomae: our model; multimae-eo: the MultiMAE-EO authors' model exactly "
+        "(fixes the fields it sets; see docs/multimae-eo.md).",
+    )
     size: Literal["tiny", "small", "base"] = Field("tiny", description="Encoder size.")
     modalities: Literal["bandgroups", "s2"] = Field(
         "bandgroups", description="Modality preset: S2 band groups, or all 12 bands as one."
@@ -56,6 +81,17 @@ class ModelConfig(BaseModel):
     loss_weights: dict[str, float] = Field(
         default_factory=dict, description="Loss weight per target modality (default 1)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("preset") != "multimae-eo":
+            return data
+        fixed = [f"{k}={data[k]!r} (the preset's is {v!r})" for k, v in MULTIMAE_EO.items()
+                 if data.get(k) is not None and data[k] != v]  # fmt: skip
+        if fixed:
+            raise ValueError(f"preset multimae-eo fixes {', '.join(fixed)}")
+        return {"size": "base", **data, **MULTIMAE_EO}
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

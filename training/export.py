@@ -21,8 +21,9 @@ from torch import nn
 
 from training import checkpoint
 from training.checkpoint import CheckpointError
-from training.config import WITH_SOFTCON, ModelConfig
+from training.config import SIZES, WITH_SOFTCON, ModelConfig
 from training.multimae import MultiMAE
+from training.released import is_released, load_released
 
 FORMAT = "eomae-encoder/1"
 ENCODER_PREFIXES = ("input_adapters.", "global_token", "encoder.", "norm.")
@@ -115,11 +116,29 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], what: s
     model.load_state_dict(state)
 
 
+def released_encoder(state: dict[str, torch.Tensor], what: str) -> MultiMAE:
+    """The encoder of the MultiMAE-EO authors' checkpoint, as `model.preset: multimae-eo`."""
+    dim = state["global_tokens"].shape[-1]
+    size = next((name for name, (d, _, _) in SIZES.items() if d == dim), None)
+    if size is None:
+        raise CheckpointError(f"{what}: global_tokens of width {dim}; known sizes {SIZES}")
+    model = MultiMAE(ModelConfig(preset="multimae-eo", size=size))  # type: ignore[arg-type]
+    model.output_adapters = nn.ModuleDict()
+    load_released(model, state, what)
+    return model.eval()
+
+
 def load_encoder(path: Path, map_location: str = "cpu") -> MultiMAE:
-    """A MultiMAE encoder (no output adapters) from an exported file, ready for `features`."""
+    """A MultiMAE encoder (no output adapters), ready for `features`.
+
+    From an exported file, or from the MultiMAE-EO authors' checkpoint.
+    """
     payload: dict[str, Any] = checkpoint.read(path, map_location)
+    if isinstance(payload, dict) and is_released(payload.get("model") or {}):
+        return released_encoder(payload["model"], str(path))
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an eomae encoder export ({FORMAT})")
+        raise CheckpointError(f"{path} is not an eomae encoder export ({FORMAT}) nor a "
+                              "MultiMAE-EO checkpoint")  # fmt: skip
     cfg = ModelConfig.model_validate(payload["model"])
     model = MultiMAE(cfg)
     model.output_adapters = nn.ModuleDict()

@@ -9,6 +9,8 @@ with why; `kept`: our keys left as initialised. The backbone is the input adapte
 global token, the encoder blocks and the final norm; output adapters are always kept.
 
 Sources (`read_source`):
+  multimae-eo  the MultiMAE-EO authors' released checkpoint, into `--model.preset
+         multimae-eo` (training/released.py), decoders included.
   eomae  a checkpoint directory (model.pt), a run directory (its latest checkpoint), a
          model.pt file, an encoder export (eomae-encoder/1), a SoftCon state dict (its
          `online.` branch). Keys must fit exactly; input adapters of modalities only one
@@ -54,6 +56,7 @@ from training import checkpoint
 from training.adapters import InputAdapter
 from training.export import ENCODER_PREFIXES, FORMAT, CheckpointError, latest_checkpoint
 from training.multimae import MultiMAE
+from training.released import is_released, load_released
 
 Report = dict[str, list[str]]
 RGB = ("B04", "B03", "B02")  # the source's channel order: red, green, blue
@@ -76,7 +79,7 @@ BLOCK_SAME = ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
 def _strip(state: dict[str, Any]) -> dict[str, Any]:
     """Unwrap training containers and wrapper prefixes (DDP, compile, SoftCon, DINO)."""
     for key in CONTAINERS:
-        if isinstance(state.get(key), dict) and not any(k.startswith(key) for k in state):
+        if isinstance(state.get(key), dict) and not any(k.startswith(key + ".") for k in state):
             state = state[key]
     for prefix in PREFIXES:
         if any(k.startswith(prefix) for k in state):
@@ -85,7 +88,11 @@ def _strip(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_source(path: Path) -> tuple[str, dict[str, Tensor]]:
-    """("eomae" | "vit", state dict) of a checkpoint, run, export or ViT state dict."""
+    """("eomae" | "multimae-eo" | "vit", state dict) of a source.
+
+    A checkpoint, run, export, the MultiMAE-EO authors' checkpoint (training.released)
+    or a ViT state dict.
+    """
     if path.is_dir():
         ckpt = path if (path / checkpoint.MODEL).exists() else latest_checkpoint(path)
         path = ckpt / checkpoint.MODEL
@@ -95,6 +102,8 @@ def read_source(path: Path) -> tuple[str, dict[str, Tensor]]:
     if payload.get("format") == FORMAT:
         return "eomae", payload["state_dict"]
     state = _strip(payload)
+    if is_released(state):
+        return "multimae-eo", state
     if "global_token" in state:
         return "eomae", state
     if "patch_embed.proj.weight" in state:
@@ -111,6 +120,8 @@ def init_from(model: MultiMAE, path: Path) -> Report:
     Raises CheckpointError naming every mismatched key and shape, and nothing is loaded.
     """
     kind, state = read_source(Path(path))
+    if kind == "multimae-eo":
+        return load_released(model, state, str(path))
     if kind == "eomae":
         return _load_eomae(model, state, str(path))
     return _load_vit(model, state, str(path))

@@ -11,7 +11,6 @@ rank), so a resumed run repeats exactly what an uninterrupted one would have don
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -36,33 +35,44 @@ from training.criteria import multimae_loss
 from training.init import init_from
 from training.modalities import split_batch, valid_of
 from training.multimae import MultiMAE
+from training.multimae_eo import multimae_eo_loss, prepare_eo_batch
 from training.plots import plot_losses, plot_reconstruction
+from training.progress import MetricsLog, read_metrics
 from training.softcon import SoftConModel, ema_momentum, label_vectors
 
-METRICS = "metrics.jsonl"
 PLOTS = "plots"
 
 
-def warmup_cosine(warmup: int, total: int, floor: float) -> Any:
-    """LambdaLR factor: linear warm-up, then cosine from 1 down to `floor`."""
+def warmup_cosine(warmup: int, total: int, floor: float, from_zero: bool = False) -> Any:
+    """LambdaLR factor: linear warm-up, then cosine from 1 down to `floor`.
+
+    `from_zero`: the warm-up runs from 0 to 1 inclusive, as the reference MultiMAE's
+    (np.linspace(0, lr, warmup)); else from 1 / warmup.
+    """
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            return step / max(1, warmup - 1) if from_zero else (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases, norms, embeddings and tokens (as MAE)."""
+def param_groups(
+    model: nn.Module, weight_decay: float, decay_all: bool = False
+) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norms, embeddings and tokens (as MAE).
+
+    `decay_all`: every parameter decays, as the reference MultiMAE's optimiser factory does.
+    """
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         flat = p.ndim < 2 or "embedding" in name or "token" in name or "classes" in name
+        flat = flat and not decay_all
         (no_decay if flat else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
@@ -73,28 +83,45 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def prepare_batch(
     batch: dict[str, Any], cfg: PretrainConfig, generator: torch.Generator, device: torch.device
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """Random crops to the input size, the model's modalities, DEM standardisation."""
+    """Random crops to the input size, the model's modalities, DEM standardisation.
+
+    The chips go to `device` first; crops are drawn from `generator` on its own device.
+    """
     size = cfg.model.geometry[0]
+    batch = {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
+             for k, v in batch.items()}  # fmt: skip
     valid: Tensor = batch[VALID]
     h, w = valid.shape[-2:]
     if (h, w) != (size, size):
         if h < size or w < size:
             raise ValueError(f"chips of {h}x{w} px are smaller than the input size {size}")
-        tops = torch.randint(0, h - size + 1, (valid.shape[0],), generator=generator).tolist()
-        lefts = torch.randint(0, w - size + 1, (valid.shape[0],), generator=generator).tolist()
+        b, at = valid.shape[0], generator.device
+        tops = torch.randint(0, h - size + 1, (b,), generator=generator, device=at).to(device)
+        lefts = torch.randint(0, w - size + 1, (b,), generator=generator, device=at).to(device)
+        span = torch.arange(size, device=device)
+        rows = (tops[:, None] + span)[:, :, None]  # (B, S, 1)
+        cols = (lefts[:, None] + span)[:, None, :]  # (B, 1, S)
+        samples = torch.arange(b, device=device)[:, None, None]
 
-        def crop(x: Tensor) -> Tensor:
-            windows = zip(tops, lefts, strict=True)
-            return torch.stack(
-                [x[i, ..., t : t + size, s : s + size] for i, (t, s) in enumerate(windows)]
-            )
+        def crop(x: Tensor) -> Tensor:  # one gather for the batch, no loop over samples
+            if x.ndim == 3:  # (B, H, W)
+                return x[samples, rows, cols]
+            return x[samples, :, rows, cols].permute(0, 3, 1, 2)  # (B, S, S, C) -> (B, C, S, S)
 
         batch = {
             k: crop(v) if isinstance(v, Tensor) and v.ndim >= 3 else v for k, v in batch.items()
         }
         valid = batch[VALID]
-    inputs = standardise_dem(split_batch(batch, cfg.model.all_modalities), cfg)
-    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}, valid.to(device)
+    return standardise_dem(split_batch(batch, cfg.model.all_modalities), cfg), valid
+
+
+def prepare_inputs(
+    batch: dict[str, Any], cfg: PretrainConfig, generator: torch.Generator, device: torch.device
+) -> tuple[dict[str, Tensor], Tensor]:
+    """The model's inputs and valid pixels: the preset's recipe, or ours (`prepare_batch`)."""
+    if cfg.model.preset == "multimae-eo":
+        return prepare_eo_batch(batch, cfg.model, generator, device)
+    return prepare_batch(batch, cfg, generator, device)
 
 
 def standardise_dem(inputs: dict[str, Tensor], cfg: PretrainConfig) -> dict[str, Tensor]:
@@ -134,9 +161,11 @@ def unwrap_multimae(model: nn.Module) -> MultiMAE:
     return inner
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """The generator of one step's crops and masks on one rank."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
+def step_generator(
+    seed: int, step: int, rank: int, device: torch.device | str = "cpu"
+) -> torch.Generator:
+    """The generator of one step's crops and masks on one rank, drawing on `device`."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step * 1009 + rank)
 
 
 def build_model(cfg: PretrainConfig) -> nn.Module:
@@ -185,6 +214,12 @@ def train_step(
         y = label_vectors(batch["lc_fractions"], cfg.softcon.labels, cfg.softcon.threshold)
         with autocast:
             loss, parts = trained(*views, y, generator)
+    elif cfg.model.preset == "multimae-eo":
+        inputs, valid = prepare_inputs(batch, cfg, generator, device)
+        with autocast:
+            preds, visible = trained(inputs, generator)
+        patch = unwrap_multimae(trained).patch
+        loss, parts = multimae_eo_loss(cfg.model, preds, inputs, visible, patch)  # fp32
     else:
         inputs, valid = prepare_batch(batch, cfg, generator, device)
         with autocast:
@@ -199,24 +234,22 @@ def train_step(
     return loss, parts, batch[VALID].shape[0]
 
 
+def numbers(rows: list[dict[str, Any]]) -> None:
+    """In place: the tensors (losses on the device) of logged rows become floats, at once."""
+    tensors = [v for row in rows for v in row.values() if isinstance(v, Tensor)]
+    if not tensors:
+        return
+    values = iter(torch.stack([t.float() for t in tensors]).tolist())
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, Tensor):
+                row[key] = next(values)
+
+
 def autocast_for(cfg: PretrainConfig, device: torch.device) -> AbstractContextManager[Any]:
     """bf16 autocast where the config asks for it (auto: on GPU), else nothing."""
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-
-def _append_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    with open(run_dir / METRICS, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-
-
-def _truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metric rows after `step`: a restarted attempt will redo them."""
-    path = run_dir / METRICS
-    if path.exists():
-        rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
 
 
 def _figures(
@@ -225,8 +258,7 @@ def _figures(
     """Loss curve and (multimae, combined) a reconstruction of a fixed validation batch."""
     plots = run_dir / PLOTS
     plots.mkdir(exist_ok=True)
-    rows = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines()]
-    plot_losses(rows, plots / "loss.png")
+    plot_losses(read_metrics(run_dir), plots / "loss.png", cfg.objective)
     if not cfg.reconstructs:
         return
     shards = cfg.shards or f"{cfg.run_dir.rstrip('/')}/shards"
@@ -235,7 +267,7 @@ def _figures(
     except ShardSetError:  # no val split: show training chips
         batch = next(iter(make_loader(shards, "train", batch_size=4, rank=0, world_size=1)))
     inner = unwrap_multimae(model)
-    inputs, valid = prepare_batch(batch, cfg, step_generator(cfg.seed, 0, 0), device)
+    inputs, valid = prepare_inputs(batch, cfg, step_generator(cfg.seed, 0, 0), device)
     with torch.no_grad():
         preds, visible = inner(inputs, step_generator(cfg.seed, 0, 0))
     plot_reconstruction(
@@ -283,12 +315,13 @@ def train_loop(config: dict[str, Any]) -> None:
     total = steps_per_epoch * cfg.epochs
 
     model = build_model(cfg)
+    reference = cfg.model.preset == "multimae-eo"  # the authors' optimiser and schedule
     optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95)
+        param_groups(model, cfg.weight_decay, decay_all=reference), lr=cfg.lr, betas=(0.9, 0.95)
     )
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(warmup, total, cfg.min_lr / cfg.lr)
+        optimizer, warmup_cosine(warmup, total, cfg.min_lr / cfg.lr, from_zero=reference)
     )
     step, start_epoch = 0, 0
     state = None
@@ -306,8 +339,7 @@ def train_loop(config: dict[str, Any]) -> None:
         state = checkpoint.load(Path(config["resume_from"]), model, optimizer, schedule)
     if state is not None:
         step, start_epoch = state["step"], state["epoch"] + 1
-    if rank == 0:
-        _truncate_metrics(run_dir, step)
+    metrics_log = MetricsLog(run_dir, step) if rank == 0 else None
     trained: nn.Module = ray.train.torch.prepare_model(model)  # DDP
     if cfg.compile:
         trained = torch.compile(trained)  # type: ignore[assignment]
@@ -322,7 +354,7 @@ def train_loop(config: dict[str, Any]) -> None:
         t_last = time.perf_counter()
         for batch in loader:
             step += 1
-            generator = step_generator(cfg.seed, step, rank)
+            generator = step_generator(cfg.seed, step, rank, device)
             loss, parts, samples = train_step(
                 trained, optimizer, batch, cfg, generator, device, autocast
             )
@@ -332,9 +364,10 @@ def train_loop(config: dict[str, Any]) -> None:
             now = time.perf_counter()
             samples *= world
             row = {
-                "step": step, "epoch": epoch, "loss": loss.item(),
-                **{f"loss/{k}": v.item() for k, v in parts.items()},
-                "lr": schedule.get_last_lr()[0], "samples_per_s": samples / (now - t_last),
+                "step": step, "epoch": epoch, "loss": loss.detach(),  # numbers when logged
+                **{f"loss/{k}": v.detach() for k, v in parts.items()},
+                "total_steps": total, "lr": schedule.get_last_lr()[0],
+                "samples_per_s": samples / (now - t_last),
                 "tokens_per_s": samples * tokens / (now - t_last),
                 "skipped": batch["skipped"],
             }  # fmt: skip
@@ -342,10 +375,11 @@ def train_loop(config: dict[str, Any]) -> None:
             rows.append(row)
             last_row = row
             if step % cfg.log_every == 0:
+                numbers(rows)  # the interval's only host-device synchronisation
                 row["skipped_total"] = skipped_total(loader.skipped, device)
                 ray.train.report(row)
-                if rank == 0:
-                    _append_metrics(run_dir, rows)
+                if metrics_log is not None:
+                    metrics_log.write(rows)
                     rows = []
             if (
                 fail_at
@@ -355,8 +389,9 @@ def train_loop(config: dict[str, Any]) -> None:
             ):
                 (run_dir / ".failed-once").touch()
                 os._exit(1)  # a worker dying mid-epoch, as a lost node would
-        if rank == 0:
-            _append_metrics(run_dir, rows)
+        numbers(rows)
+        if metrics_log is not None:
+            metrics_log.write(rows)
         last = epoch == cfg.epochs - 1
         if (epoch + 1) % cfg.checkpoint_every and not last:
             continue
@@ -371,3 +406,5 @@ def train_loop(config: dict[str, Any]) -> None:
                 _figures(run_dir, model, cfg, epoch, device)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
+    if metrics_log is not None:
+        metrics_log.close()

@@ -19,9 +19,15 @@ import torch
 from torch import Tensor, nn
 
 from training.adapters import InputAdapter, OutputAdapter
+from training.adapters_eo import EOInputAdapter, SpatialOutputAdapter
 from training.config import SIZES, ModelConfig
 from training.masking import sample_visible
-from training.vit import Block, init_weights
+from training.modalities import ModelModality
+from training.vit import Attention, Block, init_weights
+
+RGB = "rgb"
+NORM_RGB = "norm_rgb"  # the reference's second RGB decoder (patch-normalised target)
+LC_STRIDE = 4  # the reference takes land cover at a quarter of the image's resolution
 
 
 class MultiMAE(nn.Module):
@@ -33,33 +39,54 @@ class MultiMAE(nn.Module):
         dim, depth, heads = SIZES[cfg.size]
         self.dim = dim
         self.input_size, self.patch, self.num_visible = cfg.geometry
+        self.reference = cfg.preset == "multimae-eo"
         self.input_adapters = nn.ModuleDict(
-            {
-                m.name: InputAdapter(m, self.patch, dim, cfg.class_embed_dim)
-                for m in cfg.input_modalities
-            }
+            {m.name: self._input_adapter(m, dim) for m in cfg.input_modalities}
         )
         self.global_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.encoder = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        # The reference MultiMAE has no norm after the encoder.
+        self.norm = nn.Identity() if self.reference else nn.LayerNorm(dim, eps=1e-6)
         self.output_adapters = nn.ModuleDict(
-            {
-                m.name: OutputAdapter(
-                    m, self.patch, dim, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads
-                )
-                for m in cfg.target_modalities
-            }
+            {name: self._output_adapter(m, task, dim) for name, m, task in self._targets()}
         )
         self.apply(init_weights)
         nn.init.trunc_normal_(self.global_token, std=0.02)
         for module in self.modules():
-            if isinstance(module, InputAdapter):  # as MAE: the projection is a linear layer
+            if isinstance(module, InputAdapter | EOInputAdapter):  # MAE: proj as a linear layer
                 w = module.proj.weight.data
                 nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+            if self.reference and isinstance(module, Attention):
+                # the reference's fused qkv / kv: each of k and v as a (D, D) xavier matrix
+                bound = (6 / (module.kv.weight.shape[0] / 2 + module.kv.weight.shape[1])) ** 0.5
+                nn.init.uniform_(module.kv.weight, -bound, bound)
 
-    def grid(self, x: Tensor) -> int:
-        """Patches per side of an input image."""
-        return x.shape[-1] // self.patch
+    def _input_adapter(self, m: ModelModality, dim: int) -> nn.Module:
+        if not self.reference:
+            return InputAdapter(m, self.patch, dim, self.cfg.class_embed_dim)
+        # land cover at a quarter of the resolution: patch 8 // 4
+        patch = self.patch // LC_STRIDE if m.categorical else self.patch
+        return EOInputAdapter(m, patch, dim, self.cfg.class_embed_dim)
+
+    def _targets(self) -> list[tuple[str, ModelModality, str]]:
+        """(output name, target modality, task) of each decoder.
+
+        The reference adds a second RGB decoder, `norm_rgb`, for patch-normalised pixels.
+        """
+        targets = [(m.name, m, m.name) for m in self.cfg.target_modalities]
+        if self.reference and any(m.name == RGB for m in self.cfg.target_modalities):
+            targets.append((NORM_RGB, next(m for _, m, _ in targets if m.name == RGB), RGB))
+        return targets
+
+    def _output_adapter(self, m: ModelModality, task: str, dim: int) -> nn.Module:
+        c = self.cfg
+        if not self.reference:
+            return OutputAdapter(m, self.patch, dim, c.decoder_dim, c.decoder_depth,
+                                 c.decoder_heads)  # fmt: skip
+        patch = self.patch // LC_STRIDE if m.categorical else self.patch
+        tasks = [x.name for x in c.all_modalities]
+        return SpatialOutputAdapter(m, patch, dim, c.decoder_dim, c.decoder_depth,
+                                    c.decoder_heads, tasks, task)  # fmt: skip
 
     def _tokens(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         return {
@@ -104,9 +131,19 @@ class MultiMAE(nn.Module):
         masks = visible.split(sizes, dim=1)
         return self._encode_tokens(x), dict(zip(names, masks, strict=True))  # (B, 1 + k, D)
 
-    def forward_decoder(self, encoded: Tensor, grid: int) -> dict[str, Tensor]:
-        """Every target modality from the encoded tokens: {name: (B, C_out, H, W)}."""
-        return {name: adapter(encoded, grid) for name, adapter in self.output_adapters.items()}
+    def forward_decoder(self, encoded: Tensor, visible: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every target {name: (B, C_out, H, W)} (the reference's `norm_rgb` too).
+
+        From the encoded tokens and the visible masks `forward_encoder` gave.
+        """
+        if not self.reference:
+            grid = round(next(iter(visible.values())).shape[1] ** 0.5)  # positions follow inputs
+            return {name: a(encoded, grid) for name, a in self.output_adapters.items()}
+        k = encoded.shape[1] - 1  # known here: no host-device sync to count the masks
+        mask = torch.cat(list(visible.values()), dim=1).to(torch.uint8)
+        keep = mask.argsort(dim=1, descending=True, stable=True)[:, :k]  # (B, K), ascending
+        layout = {name: v.shape[1] for name, v in visible.items()}
+        return {name: a(encoded, keep, layout) for name, a in self.output_adapters.items()}
 
     def forward(
         self,
@@ -120,8 +157,7 @@ class MultiMAE(nn.Module):
         the input modalities present (targets that were not inputs are wholly masked).
         """
         encoded, visible = self.forward_encoder(inputs, generator, num_visible)
-        grid = self.grid(inputs[next(iter(visible))])  # positions follow the input
-        return self.forward_decoder(encoded, grid), visible
+        return self.forward_decoder(encoded, visible), visible
 
     def encode(self, inputs: dict[str, Tensor]) -> Tensor:
         """All tokens of the given inputs through the encoder: (B, 1 + N, D), global first."""

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -30,7 +32,7 @@ from torch import Tensor
 from ingest.sources import worldcover
 from shards.modalities import DEM
 from shards.preview import land_cover_style
-from training.adapters import patch_mask, patchify, unpatchify
+from training.adapters import patchify, unpatchify
 from training.config import ModelConfig
 from training.modalities import ModelModality
 
@@ -73,8 +75,18 @@ def _smooth(y: list[float]) -> np.ndarray:
     return (c[1:] - c[lag]) / (np.arange(1, len(y) + 1) - lag)
 
 
-def plot_losses(metrics: list[dict[str, Any]], out_png: str | Path) -> Path:
-    """Total and per-modality loss (top) and learning rate (bottom) against step."""
+# What the loss of each objective is, for the figure's axis.
+LOSS_LABELS = {
+    "multimae": "reconstruction loss (masked patches)",
+    "softcon": "soft contrastive loss",
+    "combined": "reconstruction + weighted soft contrastive loss",
+}
+
+
+def plot_losses(
+    metrics: list[dict[str, Any]], out_png: str | Path, objective: str = "multimae"
+) -> Path:
+    """Total and per-part loss (top) and learning rate (bottom) against step."""
     fig = Figure(figsize=(8, 5.5), dpi=DPI)
     keys = ["loss", *sorted({k for row in metrics for k in row if k.startswith("loss/")})]
     curves = {k: s for k in keys if (s := _series(metrics, k))[0]}
@@ -96,7 +108,7 @@ def plot_losses(metrics: list[dict[str, Any]], out_png: str | Path) -> Path:
         ax.set_yscale("log")
     x, y = curves.get("loss", next(iter(curves.values())))
     ax.set_title(f"step {x[-1]:.0f}: loss {y[-1]:.4g}", fontsize=10)
-    ax.set_ylabel("loss (masked tokens)")
+    ax.set_ylabel(LOSS_LABELS[objective])
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.tick_params(labelbottom=False)
     ax.grid(alpha=0.3)
@@ -184,6 +196,13 @@ def _legend(fig: Figure, classes: set[int]) -> None:
     fig.legend(handles=patches, loc="upper right", fontsize=7, title="WorldCover", frameon=False)
 
 
+def _nearest(flat: Tensor, size: int) -> np.ndarray:
+    """A square grid flattened (N,) -> (size, size) bool, each cell repeated or sampled."""
+    side = round(flat.numel() ** 0.5)
+    grid = flat.view(1, 1, side, side)
+    return F.interpolate(grid, size=(size, size), mode="nearest")[0, 0].numpy() > 0.5
+
+
 def plot_reconstruction(
     cfg: ModelConfig,
     inputs: dict[str, Tensor],
@@ -211,11 +230,13 @@ def plot_reconstruction(
     fig, grid = _figure(max(1, n * len(targets)), legend)
     classes: set[int] = set()
     for r, (i, m) in enumerate(itertools.product(range(n), targets)):
+        size = host[m.name].shape[-1]  # the preset multimae-eo has land cover at 14 px
         if m.name in visible:
-            shown = patch_mask(visible[m.name][i : i + 1].cpu(), patch)[0].numpy()  # (H, W)
+            shown = _nearest(visible[m.name][i].cpu().float(), size)  # (H, W)
         else:  # not an input: every patch was masked
-            shown = np.zeros(ok.shape[1:], dtype=bool)
-        panels, seen = _panels(m, host[m.name][i], out[m.name][i], shown, ok[i])
+            shown = np.zeros((size, size), dtype=bool)
+        valid_here = _nearest(torch.from_numpy(ok[i]).float().flatten(), size)
+        panels, seen = _panels(m, host[m.name][i], out[m.name][i], shown, valid_here)
         classes |= seen
         label = f"#{i} {m.name}" + ("" if m.name in visible else "\n(not input)")
         for c, image in enumerate(panels):

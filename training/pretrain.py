@@ -2,6 +2,7 @@
 
     RUN/pretrain/NAME/config.json          the run's PretrainConfig
     RUN/pretrain/NAME/metrics.jsonl        one row per step (losses, lr, samples/s, tokens/s)
+    RUN/pretrain/NAME/tensorboard/         the same as TensorBoard scalars
     RUN/pretrain/NAME/plots/               loss.png, reconstruction_EPOCH.png
     RUN/pretrain/NAME/checkpoint_*/        Ray Train checkpoints (see training.checkpoint)
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,8 @@ from shards.config import SHARDS_DIR, join_url
 from shards.manifest import read_manifest
 from training.config import PretrainConfig
 from training.export import latest_intact_checkpoint
-from training.loop import METRICS, PLOTS, train_loop
+from training.loop import PLOTS, train_loop
+from training.progress import METRICS, follow
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +81,16 @@ def check_data(cfg: PretrainConfig) -> None:
         )
 
 
-def run_pretrain(cfg: PretrainConfig, *, _fail_at_step: int | None = None) -> dict[str, Any]:
-    """Train on Ray; return a summary (name, directory, steps, last metrics, checkpoint)."""
+def run_pretrain(
+    cfg: PretrainConfig,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    _fail_at_step: int | None = None,
+) -> dict[str, Any]:
+    """Train on Ray; return a summary (name, directory, steps, last metrics, checkpoint).
+
+    `progress` is called on this process with each metrics row as rank 0 logs it.
+    """
     t0 = time.perf_counter()
     name = check_start(cfg)
     out = run_directory(cfg, name)
@@ -112,7 +124,8 @@ def run_pretrain(cfg: PretrainConfig, *, _fail_at_step: int | None = None) -> di
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
     )
-    result = trainer.fit()
+    with follow(out, progress) if progress else nullcontext():
+        result = trainer.fit()
     if cfg.resume:
         (out / "config.json").write_text(config_json)
     return {

@@ -167,9 +167,12 @@ def ema_update(
     if t_params.keys() != o_params.keys():
         diff = sorted(set(t_params) ^ set(o_params))
         raise ValueError(f"target and online modules differ in parameters: {diff[:10]}")
-    for name, t in t_params.items():
+    targets: list[Tensor] = list(t_params.values())
+    onlines: list[Tensor] = [o_params[name].detach() for name in t_params]
+    with torch.no_grad():  # one fused op per step over all parameters, no Python loop
         # mul_ then add_ of a product: bit-identical to the formula (add_ with alpha fuses)
-        t.mul_(momentum).add_(o_params[name].detach() * (1 - momentum))
+        torch._foreach_mul_(targets, momentum)
+        torch._foreach_add_(targets, list(torch._foreach_mul(onlines, 1 - momentum)))
     o_buffers = dict(online.named_buffers())
     for name, buf in target.named_buffers():
         buf.copy_(o_buffers[name])
@@ -212,7 +215,7 @@ def siamese_mask(
         hit = torch.rand(batch, 1, generator=generator, device=device) < drop
         noise = noise + 2.0 * (hit & (sources[None] == dropped))
     rank = noise.argsort(dim=1).argsort(dim=1)  # a random permutation's positions
-    return (rank < keep).cpu()
+    return rank < keep  # on the generator's device
 
 
 def all_tokens(model: MultiMAE, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -232,14 +235,15 @@ def all_tokens(model: MultiMAE, inputs: dict[str, Tensor]) -> tuple[Tensor, Tens
     return torch.cat(list(tokens.values()), dim=1), sources
 
 
-def keep_visible(x: Tensor, visible: Tensor) -> Tensor:
+def keep_visible(x: Tensor, visible: Tensor, k: int | None = None) -> Tensor:
     """Tokens (B, N, D) where visible (B, N) bool, the same count K per row -> (B, K, D).
 
     Visible tokens keep their order, as in MultiMAE's `forward` after masking.
     """
     if visible.shape != x.shape[:2]:
         raise ValueError(f"mask {tuple(visible.shape)} for {tuple(x.shape[:2])} tokens")
-    k = int(visible[0].sum())
+    if k is None:
+        k = int(visible[0].sum())  # a host-device sync: callers that know K pass it
     visible = visible.to(x.device)
     order = visible.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :k]
     return x.gather(1, order[..., None].expand(-1, -1, x.shape[-1]))
@@ -312,7 +316,8 @@ class SoftConModel(nn.Module):
         x, sources = all_tokens(self.online, inputs)  # (B, N_all, D), (N_all,)
         visible = siamese_mask(x.shape[0], x.shape[1], self.mask_ratio, generator, sources,
                                self.modality_drop)  # fmt: skip
-        encoded = self.online._encode_tokens(keep_visible(x, visible))  # (B, 1 + K, D)
+        k = max(1, round(x.shape[1] * (1 - self.mask_ratio)))  # as siamese_mask keeps
+        encoded = self.online._encode_tokens(keep_visible(x, visible, k))  # (B, 1 + K, D)
         return self.online_head(encoded[:, 0])
 
     @torch.no_grad()

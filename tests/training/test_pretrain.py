@@ -14,6 +14,7 @@ import torch
 from training.config import ModelConfig, PretrainConfig
 from training.export import CheckpointError, export_encoder, latest_checkpoint, load_encoder
 from training.pretrain import PretrainError, run_pretrain
+from training.progress import TENSORBOARD
 
 
 def short_run(shard_set: Any, run_dir: Path, name: str, **overrides: Any) -> PretrainConfig:
@@ -40,12 +41,25 @@ def metric_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
 
 
+def board_steps(run: Path, tag: str) -> list[int]:
+    """The steps of a TensorBoard scalar, as TensorBoard shows them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run / TENSORBOARD))
+    board.Reload()
+    return [e.step for e in board.Scalars(tag)]
+
+
 def test_a_short_run_learns_and_writes_checkpoints_metrics_and_figures(
     shard_set: Any, ray_session: None, tmp_path: Path
 ) -> None:
-    summary = run_pretrain(short_run(shard_set, tmp_path, "short", epochs=4))
+    seen: list[int] = []  # what the CLI's progress line shows, while training runs
+    summary = run_pretrain(short_run(shard_set, tmp_path, "short", epochs=4),
+                           lambda row: seen.append(row["step"]))  # fmt: skip
     rows = metric_rows(summary)
-    assert [r["step"] for r in rows] == list(range(1, 17))
+    assert [r["step"] for r in rows] == list(range(1, 17)) == seen
+    assert rows[0]["total_steps"] == 16
+    assert board_steps(Path(summary["dir"]), "loss") == list(range(1, 17))
     first, last = rows[:4], rows[-4:]
     assert sum(r["loss"] for r in last) < 0.8 * sum(r["loss"] for r in first), rows
     assert {"loss/rgb", "loss/dem", "loss/lc", "samples_per_s", "tokens_per_s", "lr"} <= set(
@@ -72,6 +86,7 @@ def test_a_killed_worker_is_replaced_and_training_resumes(
     assert (Path(summary["dir"]) / ".failed-once").exists()  # the worker did die at step 6
     rows = metric_rows(summary)
     assert [r["step"] for r in rows] == list(range(1, 13))  # continuous, no duplicates
+    assert board_steps(Path(summary["dir"]), "loss") == list(range(1, 13))  # TensorBoard too
     assert summary["metrics"]["step"] == 12
 
 
