@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training.adapters import class_patch_tokens
 from training.modalities import ModelModality
 from training.vit import Attention, Block, Mlp, sincos_2d
 
@@ -62,9 +63,10 @@ class EOInputAdapter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) float or (B, H, W) class indices -> (B, (H/p)*(W/p), D)."""
-        if self.modality.categorical:
-            x = self.class_emb(x).permute(0, 3, 1, 2)  # (B, class_dim, H, W)
-        tokens = self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        if self.modality.categorical:  # = proj(class_emb(x)), computed without the image
+            tokens = class_patch_tokens(x, self.class_emb, self.proj)  # (B, N, D)
+        else:
+            tokens = self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
         return tokens + resized(self.pos_emb, x.shape[-1] // self.patch, self.mode)
 
 

@@ -186,3 +186,19 @@ def test_bad_model_configs_are_named() -> None:
         ModelConfig(input_size=60)
     with pytest.raises(ValueError, match="num_visible"):
         ModelConfig(inputs=["dem"], num_visible=50)
+
+
+def test_land_cover_tokens_equal_the_projection_of_the_embedded_image() -> None:
+    """class_patch_tokens skips the (B, E, H, W) image; values and gradients are the same."""
+    from training.adapters import class_patch_tokens
+
+    torch.manual_seed(0)
+    classes, proj = torch.nn.Embedding(12, 32), torch.nn.Conv2d(32, 48, 8, 8)
+    labels = torch.randint(0, 12, (3, 56, 56))
+    direct = proj(classes(labels).permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
+    fast = class_patch_tokens(labels, classes, proj)
+    torch.testing.assert_close(fast, direct, atol=1e-5, rtol=1e-5)
+    grads = [torch.autograd.grad(t.square().sum(), [classes.weight, proj.weight, proj.bias])
+             for t in (fast, direct)]  # fmt: skip
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
