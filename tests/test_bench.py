@@ -44,7 +44,7 @@ def test_bench_train_compares_ray_with_plain_ddp(
     assert main(args) == 0
     record = json.loads((tmp_path / "bench" / "train.json").read_text())
     (row,) = record["repeats"]
-    rates = {"ray_real", "ray_synthetic", "plain_real", "plain_synthetic"}
+    rates = {"ray_real", "ray_synthetic", "ray_model_only", "plain_real", "plain_synthetic"}
     assert set(row) == rates | {"flops_per_sample", "peak_tflops", "tflops_per_worker"}
     assert all(row[k] > 0 for k in rates | {"flops_per_sample", "tflops_per_worker"})
     assert row["tflops_per_worker"] == pytest.approx(
@@ -53,6 +53,8 @@ def test_bench_train_compares_ray_with_plain_ddp(
     assert "mfu" not in record["figures"]  # a CPU has no known peak
     ratio = record["figures"]["ray_vs_plain"]["median"]
     assert ratio == pytest.approx(row["ray_real"] / row["plain_real"])
+    outside = record["figures"]["outside_model"]["median"]  # crops etc. outside the model
+    assert outside == pytest.approx(1 - row["ray_synthetic"] / row["ray_model_only"])
     assert (tmp_path / "bench" / "train.png").exists()
 
 

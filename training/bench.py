@@ -9,6 +9,9 @@ from memory (synthetic: no data loading at all). So one run gives two ratios:
 
     ray_vs_plain = Ray Train samples/s ÷ plain DDP samples/s   (real data, both)
     data_stall   = 1 - real samples/s ÷ synthetic samples/s    (under Ray Train)
+    outside_model = 1 - synthetic samples/s ÷ samples/s of the model's work alone (the
+                    same batches prepared beforehand: crops, views): the share of a step
+                    spent outside the model's forward and backward
 
 Each rate times `steps` steps after `warmup` untimed ones, between barriers, so it is
 the slowest rank's rate. Every worker uses the same number of intra-op threads (cores ÷
@@ -49,9 +52,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ingest.parallel import init_ray
 from training.config import PretrainConfig
-from training.loop import autocast_for, param_groups, step_generator, train_step
+from training.loop import param_groups
 from training.multimae import MultiMAE
 from training.pretrain import check_data, shards_of
+from training.step import autocast_for, model_step, prepare_step, step_generator, train_step
 
 RATES = "rates.json"
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by a part of the name torch reports;
@@ -139,11 +143,28 @@ def measure(cfg: TrainBenchConfig, rank: int, world: int, device: torch.device,
             raise RuntimeError(f"rank {rank}: {step} batches, expected {per_phase}")
         return samples * world / (time.perf_counter() - t0)
 
+    def model_phase() -> float:  # the model's work alone: every batch prepared beforehand
+        ready = [prepare_step(b, cfg, step_generator(cfg.seed, i, rank, device), device)
+                 for i, b in enumerate(kept, start=1)]  # fmt: skip
+        samples, t0 = 0, time.perf_counter()
+        for step, prepared in enumerate(ready, start=1):
+            if step == cfg.warmup + 1:
+                dist.barrier()
+                samples, t0 = 0, time.perf_counter()
+            generator = step_generator(cfg.seed, step, rank, device)
+            model_step(trained, optimizer, prepared, cfg, generator, autocast)
+            samples += cfg.batch_size
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dist.barrier()
+        return samples * world / (time.perf_counter() - t0)
+
     real = phase(loader, keep=True)
     synthetic = phase(kept, keep=False)
+    model_only = model_phase()
     flops = step_flops(model, kept[0], cfg, device)
-    return {"real": real, "synthetic": synthetic, "flops_per_sample": flops,
-            "peak_tflops": peak_tflops(cfg, device)}  # fmt: skip
+    return {"real": real, "synthetic": synthetic, "model_only": model_only,
+            "flops_per_sample": flops, "peak_tflops": peak_tflops(cfg, device)}  # fmt: skip
 
 
 def _ray_worker(config: dict[str, Any]) -> None:
@@ -227,6 +248,7 @@ def bench_train(cfg: TrainBenchConfig, log: Any = print) -> list[dict[str, float
         row = {
             "ray_real": ray_rates["real"],
             "ray_synthetic": ray_rates["synthetic"],
+            "ray_model_only": ray_rates["model_only"],
             "plain_real": plain_rates["real"],
             "plain_synthetic": plain_rates["synthetic"],
             "flops_per_sample": ray_rates["flops_per_sample"],
@@ -243,6 +265,8 @@ def train_ratios(row: dict[str, float]) -> dict[str, float]:
     figures = {
         "ray_vs_plain": row["ray_real"] / row["plain_real"],
         "data_stall": 1 - row["ray_real"] / row["ray_synthetic"],
+        # the share of a step (batches in memory) spent before the model: crops, views
+        "outside_model": 1 - row["ray_synthetic"] / row["ray_model_only"],
     }
     if row["peak_tflops"] > 0:
         figures["mfu"] = row["tflops_per_worker"] / row["peak_tflops"]

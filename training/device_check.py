@@ -28,9 +28,9 @@ import torch
 
 from training.bench import PEAK_BF16_TFLOPS, step_flops
 from training.config import ModelConfig, PretrainConfig
-from training.criteria import multimae_loss
-from training.loop import autocast_for, param_groups, prepare_batch, step_generator, train_step
+from training.loop import param_groups
 from training.multimae import MultiMAE
+from training.step import autocast_for, model_step, prepare_step, step_generator, train_step
 
 CHIP = 64
 
@@ -75,15 +75,11 @@ def check(
             trained, optimizer, batch, cfg, step_generator(cfg.seed, i, 0, device), device, autocast
         )
 
-    inputs, valid = prepare_batch(batch, cfg, step_generator(cfg.seed, 0, 0, device), device)
+    prepared = prepare_step(batch, cfg, step_generator(cfg.seed, 0, 0, device), device)
 
-    def model_only(i: int) -> None:  # the same work on inputs already cropped
-        with autocast:
-            preds, visible = trained(inputs, step_generator(cfg.seed, 0, 0, device))
-            loss, _ = multimae_loss(cfg.model, preds, inputs, visible, valid, model.patch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def model_only(i: int) -> None:  # the same model work on a batch already prepared
+        model_step(trained, optimizer, prepared, cfg, step_generator(cfg.seed, i, 0, device),
+                   autocast)  # fmt: skip
 
     _timed(step, warmup, device)
     step_s = _timed(step, steps, device)

@@ -6,7 +6,7 @@ import torch
 
 from training.augment import flip_rot90
 from training.config import ModelConfig, PretrainConfig
-from training.loop import prepare_batch
+from training.step import prepare_batch
 
 
 def test_flip_rot90_equals_flip_then_quarter_turns_per_sample() -> None:

@@ -17,17 +17,11 @@ from training.combined import CombinedModel
 from training.config import ModelConfig, PretrainConfig, SoftConConfig
 from training.criteria import multimae_loss
 from training.export import export_encoder, load_encoder, trained_pool
-from training.loop import (
-    autocast_for,
-    build_model,
-    param_groups,
-    step_generator,
-    tokens_per_sample,
-    train_step,
-)
+from training.loop import build_model, param_groups, tokens_per_sample
 from training.modalities import split_batch
 from training.multimae import MultiMAE
 from training.softcon import label_vectors, softcon_loss
+from training.step import autocast_for, step_generator, train_step
 
 MODEL = ModelConfig(
     modalities="bandgroups", inputs=["rgb", "nir", "dem"], targets=["rgb", "dem", "lc"],

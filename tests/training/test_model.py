@@ -202,3 +202,22 @@ def test_land_cover_tokens_equal_the_projection_of_the_embedded_image() -> None:
              for t in (fast, direct)]  # fmt: skip
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_compiled_model_computes_what_the_eager_one_does() -> None:
+    """`--compile` (torch.compile, inductor on this CPU): same predictions and loss."""
+    cfg = ModelConfig(size="tiny", modalities="bandgroups")
+    model = MultiMAE(cfg).eval()
+    compiled = torch.compile(model)
+    batch = loader_like_batch(4)
+    inputs = split_batch(batch, cfg.all_modalities)
+    with torch.no_grad():
+        eager, visible = model(inputs, torch.Generator().manual_seed(0))
+        fast, visible_c = compiled(inputs, torch.Generator().manual_seed(0))
+    assert all(torch.equal(visible[k], visible_c[k]) for k in visible)
+    for name in eager:
+        torch.testing.assert_close(fast[name], eager[name], atol=1e-4, rtol=1e-4, msg=name)
+    loss, _ = multimae_loss(cfg, eager, inputs, visible, batch["valid"], model.patch)
+    loss_c, _ = multimae_loss(cfg, fast, inputs, visible, batch["valid"], model.patch)
+    torch.testing.assert_close(loss_c, loss, atol=1e-5, rtol=1e-4)
