@@ -42,6 +42,7 @@ class TaskSpec:
     bands: tuple[str, ...] = S2.bands  # S2 bands the dataset has
     sources: tuple[str, ...] = (S2.name, DEM.name)  # shard modalities it can feed
     colors: tuple[str, ...] = ()  # per class, for figures
+    split: str = "the shard set's spatial train/test split"  # which split, said in reports
 
 
 @dataclass
@@ -137,4 +138,5 @@ def load_benchmark_splits(
 def benchmark_task(benchmark: Benchmark) -> TaskSpec:
     """The TaskSpec of a benchmark."""
     return TaskSpec(benchmark.name, benchmark.task, benchmark.classes, benchmark.name,
-                    bands=benchmark.bands, sources=(S2.name,))  # fmt: skip
+                    bands=benchmark.bands, sources=(S2.name,),
+                    split=benchmark.split_source)  # fmt: skip

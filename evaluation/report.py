@@ -338,6 +338,8 @@ def write_report(rows: list[Row], out_dir: Path, title: str, context: dict[str, 
         dataset, task = group
         lines += [f"## {task if task == dataset else f'{dataset} · {task}'}", ""]
         lines += [f"{group_rows[0]['kind']}, headline metric: {group_rows[0]['headline']}", ""]
+        if group_rows[0].get("split"):
+            lines += [f"Split: {group_rows[0]['split']}.", ""]
         lines += [*_markdown_table(group_rows), ""]
         for path in _figures(group, group_rows, plots, context):
             lines += [f"![{path.stem}]({path.relative_to(out_dir).as_posix()})", ""]

@@ -229,6 +229,7 @@ def evaluate_group(
             seg = spec.kind == "segmentation"
             row = {
                 "task": spec.name, "kind": spec.kind, "dataset": spec.dataset,
+                "split": spec.split,
                 "protocol": {"linear": "frozen-seg", "finetune": "finetune-seg"}[protocol]
                 if seg else protocol,
                 "inputs": subset,

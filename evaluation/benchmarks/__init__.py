@@ -47,6 +47,7 @@ class Benchmark:
     bands: tuple[str, ...]
     splits: dict[str, SampleSource] = field(default_factory=dict)
     metric: str = ""  # the papers' headline metric, e.g. "mAP (micro)" or "accuracy"
+    split_source: str = "the benchmark's official splits"  # said in every report
 
     def split(self, name: str) -> SampleSource:
         """One split's samples; BenchmarkError naming the splits there are."""

@@ -6,7 +6,8 @@ Layout read here (the 13-band GeoTIFF release):
     <root>/ds/images/remote_sensing/otherDatasets/sentinel_2/tif/<Class>/<Class>_<n>.tif
                                                   the original EuroSATallBands.zip (DFKI),
                                                   as torchgeo's `EuroSAT.base_dir` nests it
-    <root>/eurosat-{train,val,test}.txt           optional split lists
+    <root>/eurosat-{train,val,test}.txt           optional split lists (also looked for
+                                                  beside and one folder above the class folders)
 
 `root` may also be the folder holding the class folders itself. Each file is a 64x64 uint16
 GeoTIFF (UTM CRS, ~10 m pixels) with 13 bands in the order B01..B09, B10, B11, B12, B8A:
@@ -17,11 +18,12 @@ The split lists are those of "In-domain representation learning for remote sensi
 (Neumann et al. 2019) that torchgeo downloads as `eurosat-train.txt` etc.: one file name
 per line. They name the RGB release's JPEGs (torchgeo maps `.jpg` to `.tif`), so names
 are matched on their stem. Without split lists, a seeded split stratified by class is
-drawn instead.
+drawn instead, with a warning; the report says which split was used (`split_source`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,8 @@ import numpy as np
 import rasterio
 
 from evaluation.benchmarks import SPLITS, Benchmark, BenchmarkError, SampleSource, check_bands
+
+log = logging.getLogger(__name__)
 
 NAME = "eurosat"
 CLASSES = (
@@ -88,12 +92,19 @@ def read(
     root = Path(path)
     image_dir = find_image_dir(root)
     images = list_images(image_dir)
-    lists = find_split_files(root, image_dir)
+    searched = list(dict.fromkeys([root, image_dir, image_dir.parent]))
+    lists = find_split_files(searched)
     if lists:
         names = {split: read_split_file(file) for split, file in lists.items()}
         members = splits_from_lists(names, images)
+        source = f"the official split lists (Neumann et al. 2019) in {lists['train'].parent}"
     else:
         members = stratified_split(images, fractions, seed)
+        shares = "/".join(f"{f:g}" for f in fractions)
+        source = (f"a seeded random split stratified by class ({shares}, seed {seed}), not "
+                  f"the official one: no {', '.join(SPLIT_FILES.values())} in "
+                  f"{', '.join(str(f) for f in searched)}")  # fmt: skip
+        log.warning("%s: %s", NAME, source)
 
     bands = check_bands(FILE_BANDS, NAME)  # our order, B10 left out
     indexes = [FILE_BANDS.index(b) + 1 for b in bands]
@@ -103,7 +114,7 @@ def read(
         )
         for split, stems in members.items()
     }
-    return Benchmark(NAME, "scene", CLASSES, bands, splits, metric="accuracy")
+    return Benchmark(NAME, "scene", CLASSES, bands, splits, metric="accuracy", split_source=source)
 
 
 def find_image_dir(root: Path) -> Path:
@@ -133,9 +144,12 @@ def list_images(image_dir: Path) -> dict[str, tuple[Path, int]]:
     return images
 
 
-def find_split_files(root: Path, image_dir: Path) -> dict[str, Path]:
-    """The split lists next to the data ({} when there are none); all three or an error."""
-    for folder in list(dict.fromkeys([root, image_dir])):  # ordered, without duplicates
+def find_split_files(folders: list[Path]) -> dict[str, Path]:
+    """The split lists in the first of `folders` that has any; all three or an error.
+
+    {} when no folder has any.
+    """
+    for folder in folders:
         found = {s: folder / f for s, f in SPLIT_FILES.items() if (folder / f).is_file()}
         if found and len(found) < len(SPLIT_FILES):
             missing = [SPLIT_FILES[s] for s in SPLITS if s not in found]

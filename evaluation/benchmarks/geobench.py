@@ -136,6 +136,11 @@ def _read_partition(directory: Path, partition: str) -> dict[str, list[str]]:
     file = directory / f"{partition}{suffix}"
     if not file.is_file():
         there = sorted(p.name.removesuffix(suffix) for p in directory.glob(f"*{suffix}"))
+        if not there:  # not a task folder: perhaps the benchmark's or a suite's folder
+            tasks = sorted(p.parent.name for p in directory.glob(f"*/*{suffix}"))
+            inside = (f"task folders inside it: {tasks}" if tasks else
+                      "no task folder inside it either (each holds *_partition.json)")  # fmt: skip
+            raise BenchmarkError(f"{directory} is not a GEO-Bench task folder; {inside}")
         raise BenchmarkError(f"{directory.name}: no {file.name}; partitions there: {there}")
     try:
         content = json.loads(file.read_text())

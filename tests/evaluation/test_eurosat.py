@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -146,3 +147,23 @@ def test_an_image_without_13_bands_is_named(tmp_path: Path) -> None:
     index = stems(train).index("River_1")
     with pytest.raises(BenchmarkError, match="River_1.tif has 3 bands"):
         train[index]
+
+
+def test_split_lists_one_folder_above_the_class_folders_are_used(tmp_path: Path) -> None:
+    """The lists beside EuroSAT_MS/ when the class folders' own folder is given: before,
+    a random split was drawn without a word."""
+    root = fixture.make(tmp_path, per_class=5)  # lists in root, classes in root/EuroSAT_MS
+    bench = read(root / "EuroSAT_MS")
+    assert bench.split_source == f"the official split lists (Neumann et al. 2019) in {root}"
+    assert len(bench.split("val")) == 10
+
+
+def test_a_random_split_is_said_in_the_benchmark_and_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = fixture.make(tmp_path, per_class=10, split_files=False)
+    with caplog.at_level(logging.WARNING):
+        bench = read(root)
+    assert bench.split_source.startswith("a seeded random split stratified by class (0.6/0.2/0.2")
+    assert "not the official one" in bench.split_source and str(root) in bench.split_source
+    assert bench.split_source in caplog.text

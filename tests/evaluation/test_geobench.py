@@ -150,6 +150,14 @@ def test_missing_directory_and_partition(root: Path, tmp_path: Path) -> None:
         read(task_dir(root, "m-eurosat"), "0.30x_train")
     with pytest.raises(TypeError, match="unknown GEO-Bench options"):
         read(task_dir(root, "m-eurosat"), bands="rgb")
+    suite = task_dir(root, "m-eurosat").parent  # the benchmark's folder, not a task's
+    with pytest.raises(
+        BenchmarkError,
+        match=r"not a GEO-Bench task folder; task folders inside it: \[.*'m-eurosat'",
+    ):
+        read(suite)
+    with pytest.raises(BenchmarkError, match="no task folder inside it either"):
+        read(tmp_path)
 
 
 def test_bad_partition_and_missing_sample_file(root: Path, tmp_path: Path) -> None:

@@ -30,12 +30,16 @@ HEADLINES = {
 }
 
 
+RANDOM_SPLIT = "a seeded random split stratified by class (0.6/0.2/0.2, seed 0)"
+
+
 def _row(task: str, protocol: str, init: str, value: float) -> dict[str, Any]:
     if task == "eurosat":
         metrics = {"accuracy": value, "confusion": np.array([[8, 1, 1], [0, 9, 1], [2, 0, 8]])}
         return {"task": task, "kind": "scene", "dataset": "eurosat", "protocol": protocol,
                 "inputs": "s2", "init": init, "label_fraction": 1.0, "headline": "accuracy",
-                "metrics": metrics, "classes": SCENE_CLASSES, "seconds": 12.5}  # fmt: skip
+                "metrics": metrics, "classes": SCENE_CLASSES, "seconds": 12.5,
+                "split": RANDOM_SPLIT}  # fmt: skip
     rng = np.random.default_rng(len(protocol) + len(init))
     target = rng.integers(0, 3, (3, 16, 16))  # class 3 never present
     target[:, :2] = -100
@@ -92,6 +96,8 @@ def test_tables_hold_headlines_with_best_bold(report: Path) -> None:
         "finetune-seg": {"pretrained": "50.5", "random": "**51.2**"},
     }
     assert "| frozen-seg | s2+dem | 100% |" in text
+    eurosat = text.split("## eurosat\n", 1)[1].split("\n## ", 1)[0]
+    assert f"Split: {RANDOM_SPLIT}." in eurosat
 
 
 def test_results_json_has_null_for_nan(report: Path) -> None:
