@@ -16,7 +16,7 @@ split's statistics and placed at our band positions (absent bands stay 0, the me
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch import Tensor
 from evaluation.benchmarks import IGNORE, Benchmark, Task
 from ingest.sources import worldcover
 from shards.loader import make_loader
+from shards.manifest import read_stats
 from shards.modalities import DEM, LC, S2, VALID
 
 SHARD_TASKS: tuple[Task, ...] = ("multilabel", "scene", "segmentation")
@@ -52,13 +53,16 @@ class EvalSplit:
     sources: dict[str, Tensor]
     labels: Tensor
     skipped: int = 0  # damaged samples the loader could not read
+    # per source, the (mean, std) per band its z-scores were made with (raw units)
+    stats: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
 
     def subset(self, index: Tensor) -> EvalSplit:
         """The samples at `index` (label fractions, batches)."""
-        return EvalSplit({k: v[index] for k, v in self.sources.items()}, self.labels[index])
+        return EvalSplit({k: v[index] for k, v in self.sources.items()}, self.labels[index],
+                         stats=self.stats)  # fmt: skip
 
 
 def landcover_task(kind: Task) -> TaskSpec:
@@ -100,8 +104,10 @@ def load_shard_split(
             parts.append(crop_to(batch[name], patch))
         y = shard_labels(batch, kind, threshold)
         labels.append(crop_to(y, patch) if kind == "segmentation" else y)
+    raw = read_stats(shards_url)
+    stats = {k: (torch.tensor(raw[k]["mean"]), torch.tensor(raw[k]["std"])) for k in sources}
     return EvalSplit({k: torch.cat(v) for k, v in sources.items()}, torch.cat(labels),
-                     skipped=loader.skipped)  # fmt: skip
+                     skipped=loader.skipped, stats=stats)  # fmt: skip
 
 
 def _stack(benchmark: Benchmark, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +129,9 @@ def load_benchmark_splits(
     raw = {s: _stack(benchmark, s) for s in splits}
     mean, std = band_stats(raw["train"][0] if "train" in raw else raw[splits[0]][0])
     index = [S2.bands.index(b) for b in benchmark.bands]
+    # bands the benchmark lacks are 0 in z and in raw units: mean 0, std 1
+    stats = (torch.zeros(S2.channels), torch.ones(S2.channels))
+    stats[0][index], stats[1][index] = torch.from_numpy(mean).float(), torch.from_numpy(std).float()
     out = {}
     for name, (s2, labels) in raw.items():
         z = (s2 - mean[None, :, None, None]) / std[None, :, None, None]
@@ -131,7 +140,8 @@ def load_benchmark_splits(
         y = torch.from_numpy(labels)
         if benchmark.task == "segmentation":
             y = crop_to(y.long(), patch)
-        out[name] = EvalSplit({S2.name: crop_to(torch.from_numpy(full), patch)}, y)
+        out[name] = EvalSplit({S2.name: crop_to(torch.from_numpy(full), patch)}, y,
+                              stats={S2.name: stats})  # fmt: skip
     return out
 
 

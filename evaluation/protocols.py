@@ -29,6 +29,10 @@ from evaluation.data import EvalSplit
 from training.loop import warmup_cosine
 from training.modalities import ModelModality, split_batch
 from training.multimae import MultiMAE
+from training.published import PublishedViT
+
+# Anything with encode / features / dim / patch: ours, or a published ViT.
+Encoder = MultiMAE | PublishedViT
 
 Protocol = Literal["linear", "knn", "finetune"]
 PROTOCOLS: tuple[Protocol, ...] = ("linear", "knn", "finetune")
@@ -67,7 +71,7 @@ def _inputs(split: EvalSplit, modalities: tuple[ModelModality, ...]) -> dict[str
 
 @torch.no_grad()
 def encode(
-    encoder: MultiMAE,
+    encoder: Encoder,
     split: EvalSplit,
     modalities: tuple[ModelModality, ...],
     batch_size: int,
@@ -133,7 +137,7 @@ def fit_head(head: nn.Module, x: Tensor, y: Tensor, kind: Task, cfg: ProbeConfig
 
 
 def linear_probe(
-    encoder: MultiMAE,
+    encoder: Encoder,
     modalities: tuple[ModelModality, ...],
     train: EvalSplit,
     test: EvalSplit,
@@ -158,7 +162,7 @@ def linear_probe(
 
 
 def knn(
-    encoder: MultiMAE,
+    encoder: Encoder,
     modalities: tuple[ModelModality, ...],
     train: EvalSplit,
     test: EvalSplit,
@@ -183,7 +187,7 @@ def knn(
 class Finetuned(nn.Module):
     """Encoder + head: pooled features -> linear for classification, PatchHead for pixels."""
 
-    def __init__(self, encoder: MultiMAE, kind: Task, classes: int) -> None:
+    def __init__(self, encoder: Encoder, kind: Task, classes: int) -> None:
         super().__init__()
         self.encoder, self.kind = encoder, kind
         self.head: nn.Module = (
@@ -214,7 +218,7 @@ def _flip(
 
 
 def finetune(
-    encoder: MultiMAE,
+    encoder: Encoder,
     modalities: tuple[ModelModality, ...],
     train: EvalSplit,
     test: EvalSplit,

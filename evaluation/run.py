@@ -36,7 +36,7 @@ from evaluation.data import (
     load_shard_split,
 )
 from evaluation.metrics import HEADLINE, multilabel_scores, scene_scores, segmentation_scores
-from evaluation.protocols import PROTOCOLS, RUNNERS, ProbeConfig, Protocol
+from evaluation.protocols import PROTOCOLS, RUNNERS, Encoder, ProbeConfig, Protocol
 from evaluation.report import write_report
 from shards.config import SHARDS_DIR, join_url
 from shards.modalities import DEM, LC, S2
@@ -44,6 +44,7 @@ from training import checkpoint
 from training.export import CheckpointError, export_encoder, load_encoder, trained_pool
 from training.modalities import ModelModality
 from training.multimae import MultiMAE
+from training.published import FAMILIES, PublishedViT, fresh, load_published, split_spec
 
 Init = Literal["pretrained", "random"]
 READERS: dict[str, Callable[[Path], Benchmark]] = {
@@ -68,7 +69,9 @@ class EvalConfig(BaseModel):
     encoder: str | None = Field(
         None,
         description="Exported encoder file, pretraining run directory or checkpoint "
-        "(default: the newest run under RUN/pretrain).",
+        "(default: the newest run under RUN/pretrain); the MultiMAE-EO authors' checkpoint; "
+        "or a published model as NAME:PATH, NAME one of softcon-vits14, softcon-vitb14, "
+        "ssl4eo-moco-vits16, ssl4eo-dino-vits16, ssl4eo-mae-vits16.",
     )
     shards: str | None = Field(None, description="Shard set (default: RUN/shards).")
     benchmark: Literal["eurosat", "bigearthnet", "geobench"] | None = Field(
@@ -107,8 +110,14 @@ class EvalConfig(BaseModel):
         return self
 
 
-def resolve_encoder(cfg: EvalConfig) -> Path:
-    """The encoder file to evaluate (exported from a run or checkpoint when needed)."""
+def resolve_encoder(cfg: EvalConfig) -> str:
+    """The encoder to evaluate.
+
+    A file (exported from a run or checkpoint when needed), or a published model as
+    `NAME:PATH` (training.published).
+    """
+    if cfg.encoder is not None and split_spec(cfg.encoder):
+        return cfg.encoder
     if cfg.encoder is None:
         runs = sorted(Path(cfg.run_dir, "pretrain").glob("*/"), key=lambda p: p.stat().st_mtime)
         if not runs:
@@ -117,25 +126,33 @@ def resolve_encoder(cfg: EvalConfig) -> Path:
     else:
         source = Path(cfg.encoder)
     if source.is_file():
-        return source
+        return str(source)
     if not source.exists():
         raise EvaluationError(f"encoder {source} does not exist")
     # Exported afresh every time: a resumed run may have newer checkpoints than an old export.
-    return export_encoder(source, source / ENCODER_FILE)
+    return str(export_encoder(source, source / ENCODER_FILE))
 
 
-def build_encoder(path: Path, init: Init, seed: int) -> MultiMAE:
+def open_encoder(spec: str) -> Encoder:
+    """The encoder `resolve_encoder` named."""
+    published = split_spec(spec)
+    return load_published(*published) if published else load_encoder(Path(spec))
+
+
+def build_encoder(spec: str, init: Init, seed: int) -> Encoder:
     """The pretrained encoder, or the same architecture freshly initialised."""
-    encoder = load_encoder(path)
+    encoder = open_encoder(spec)
     if init == "pretrained":
         return encoder
     torch.manual_seed(seed)
-    fresh = MultiMAE(encoder.cfg)
-    fresh.output_adapters = nn.ModuleDict()
-    return fresh
+    if isinstance(encoder, PublishedViT):
+        return fresh(encoder)
+    new = MultiMAE(encoder.cfg)
+    new.output_adapters = nn.ModuleDict()
+    return new
 
 
-def modalities_for(encoder: MultiMAE, subset: str, spec: TaskSpec) -> tuple[ModelModality, ...]:
+def modalities_for(encoder: Encoder, subset: str, spec: TaskSpec) -> tuple[ModelModality, ...]:
     """The encoder's input modalities fed from `subset` whose bands the dataset has."""
     sources = subset.split("+")
     absent = [s for s in sources if s not in spec.sources]
@@ -160,7 +177,7 @@ def modalities_for(encoder: MultiMAE, subset: str, spec: TaskSpec) -> tuple[Mode
 def _load(cfg_json: str, task: str) -> tuple[TaskSpec, EvalSplit, EvalSplit]:
     """(spec, train, test) of a task; cached per process, shared by its groups."""
     cfg = EvalConfig.model_validate_json(cfg_json)
-    patch = load_encoder(resolve_encoder(cfg)).patch
+    patch = open_encoder(resolve_encoder(cfg)).patch
     if cfg.benchmark:
         assert cfg.data is not None
         bench = READERS[cfg.benchmark](cfg.data)
@@ -214,14 +231,19 @@ def evaluate_group(
         )
     path = resolve_encoder(cfg)
     probe = cfg.probe
-    if probe.pool == "auto":
-        objective = checkpoint.read(path).get("objective", "multimae")
+    published = split_spec(path)
+    if probe.pool == "auto" and published:
+        probe = probe.model_copy(update={"pool": FAMILIES[published[0]].pool})
+    elif probe.pool == "auto":
+        objective = checkpoint.read(Path(path)).get("objective", "multimae")
         probe = probe.model_copy(update={"pool": trained_pool(objective)})
     rows = []
     for init in cfg.inits:
         for fraction in cfg.label_fractions:
             t0 = time.perf_counter()
             encoder = build_encoder(path, init, cfg.probe.seed)
+            if isinstance(encoder, PublishedViT):  # it needs reflectance back
+                encoder.input_stats = train.stats[S2.name]
             modalities = modalities_for(encoder, subset, spec)
             train_part = label_subset(train, fraction, cfg.probe.seed)
             output = RUNNERS[protocol](encoder, modalities, train_part, test, spec.kind,
@@ -264,7 +286,7 @@ def check(cfg: EvalConfig) -> TaskSpec | None:
     """Fail early: encoder loads, benchmark reads, inputs fit (before any training)."""
     path = resolve_encoder(cfg)
     try:
-        encoder = load_encoder(path)
+        encoder = open_encoder(path)
     except CheckpointError as e:
         raise EvaluationError(str(e)) from e
     spec = None
@@ -276,6 +298,10 @@ def check(cfg: EvalConfig) -> TaskSpec | None:
     else:
         for subset in cfg.inputs:
             modalities_for(encoder, subset, landcover_task("scene"))
+    kinds = [spec.kind] if spec else list(cfg.tasks)
+    if isinstance(encoder, PublishedViT) and "segmentation" in kinds:
+        raise EvaluationError(f"{encoder.name} is evaluated on pooled features (scene and "
+                              "multi-label tasks); it has no per-pixel protocol here")  # fmt: skip
     return spec
 
 
@@ -283,7 +309,7 @@ def run_evaluation(cfg: EvalConfig, log: Any = print) -> dict[str, Any]:
     """Evaluate every group, write the report; return where it is and the rows."""
     t0 = time.perf_counter()
     # Resolved (and exported) once here: the groups, maybe on other processes, get the file.
-    cfg = cfg.model_copy(update={"encoder": str(resolve_encoder(cfg))})
+    cfg = cfg.model_copy(update={"encoder": resolve_encoder(cfg)})
     spec = check(cfg)
     groups = plan(cfg, spec)
     cfg_json = cfg.model_dump_json()
@@ -315,5 +341,6 @@ def run_evaluation(cfg: EvalConfig, log: Any = print) -> dict[str, Any]:
         "damaged samples skipped (train)": max(
             (r.get("samples", {}).get("train_skipped", 0) for r in rows), default=0),
     }  # fmt: skip
-    report = write_report(rows, out, f"eomae evaluation: {encoder.parent.name}", context)
+    title = encoder.split(":")[0] if split_spec(encoder) else Path(encoder).parent.name
+    report = write_report(rows, out, f"eomae evaluation: {title}", context)
     return {"report": str(report), "rows": rows, "elapsed_s": round(time.perf_counter() - t0, 1)}
