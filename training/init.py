@@ -27,6 +27,8 @@ SIZES' and match ViT-S/B):
   norm                         -> norm
   cls_token (+ pos_embed[:, 0] when the source adds a position to it) -> global_token
   pos_embed                    -> skipped: ours are fixed 2-D sin-cos
+  patch_embed.proj (D, 13, p, p) (SoftCon, SSL4EO-S12: Sentinel-2 L1C) -> each of our bands
+       its own kernel, by band name (B10 unused), patch size resized as in 1. below
   patch_embed.proj (D, 3, p, p) -> every Sentinel-2 input adapter's proj, adapted:
     1. patch size p != ours q: FlexiViT's pseudo-inverse resize, W' = pinv(R^T) W with R
        the bilinear p -> q resize, so <resize(x), W'> = <x, W>: a patch resampled to our
@@ -56,12 +58,14 @@ from training import checkpoint
 from training.adapters import InputAdapter
 from training.export import ENCODER_PREFIXES, FORMAT, CheckpointError, latest_checkpoint
 from training.multimae import MultiMAE
+from training.published import L1C
 from training.released import is_released, load_released
 
 Report = dict[str, list[str]]
 RGB = ("B04", "B03", "B02")  # the source's channel order: red, green, blue
 CONTAINERS = ("state_dict", "model", "teacher")
-PREFIXES = ("module.", "_orig_mod.", "online.", "teacher.backbone.", "backbone.")
+PREFIXES = ("module.", "_orig_mod.", "online.", "teacher.backbone.", "backbone.",
+            "base_encoder.")  # fmt: skip  # the last: SSL4EO-S12's MoCo-v3 checkpoints
 CORE = ("global_token", "encoder.", "norm.")  # must all come from the source
 # Source keys with no counterpart that are expected: why each is skipped.
 SKIP = {
@@ -172,10 +176,22 @@ def resize_kernel(weight: Tensor, size: int) -> Tensor:
 
 
 def adapt_patch_embedding(weight: Tensor, bands: tuple[str, ...] | list[str], patch: int) -> Tensor:
-    """RGB patch kernels (D, 3, p, p) -> (D, C, patch, patch) for `bands` (module docstring)."""
+    """RGB or 13-band patch kernels (D, 3 | 13, p, p) -> (D, C, patch, patch) for `bands`.
+
+    A 13-band source (Sentinel-2 L1C in its order: SoftCon, SSL4EO-S12) gives each of our
+    bands its own kernel; for RGB sources see the module docstring.
+    """
+    if weight.ndim == 4 and weight.shape[1] == len(L1C):
+        w = resize_kernel(weight.double(), patch)
+        return w[:, [L1C.index(b) for b in bands]].to(weight.dtype)
+    if weight.ndim == 4 and weight.shape[1] == 2:
+        raise CheckpointError(f"patch_embed.proj.weight {tuple(weight.shape)} takes 2 bands "
+                              "(Sentinel-1 VV, VH): SAR weights fit no input of eomae")  # fmt: skip
     if weight.ndim != 4 or weight.shape[1] != 3:
-        raise CheckpointError(f"patch_embed.proj.weight {tuple(weight.shape)}: only 3-band "
-                              "(RGB) sources are adapted")  # fmt: skip
+        raise CheckpointError(
+            f"patch_embed.proj.weight {tuple(weight.shape)}: only RGB (3) and Sentinel-2 L1C "
+            f"({len(L1C)}: {L1C}) sources are adapted"
+        )
     w = resize_kernel(weight.double(), patch)
     kernels = dict(zip(RGB, w.unbind(1), strict=True))
     mean = w.mean(dim=1)
@@ -250,7 +266,8 @@ def _map_tokens(model: MultiMAE, state: dict[str, Tensor], out: _Mapping) -> Non
         if modality.source != S2.name:
             continue
         c, key = modality.channels, f"input_adapters.{name}.proj"
-        how = f"RGB -> {c} bands x 3/{c}, patch {weight.shape[-1]} -> {model.patch}"
+        bands = "bands by name" if weight.shape[1] == len(L1C) else f"RGB -> {c} bands x 3/{c}"
+        how = f"{bands}, patch {weight.shape[-1]} -> {model.patch}"
         value = adapt_patch_embedding(weight, modality.bands, model.patch)
         out.put(f"{key}.weight", value, "patch_embed.proj.weight", how)
         if bias is not None:

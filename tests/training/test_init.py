@@ -196,3 +196,26 @@ def test_our_checkpoints_exports_and_softcon_state_dicts(tmp_path: Path) -> None
     small_patch = MultiMAE(ModelConfig(modalities="bandgroups", patch_size=4))
     with pytest.raises(CheckpointError, match=r"input_adapters.rgb.proj.weight: \(96, 3, 8, 8\)"):
         init_from(small_patch, tmp_path / "encoder.pt")
+
+
+def test_thirteen_band_sources_give_each_band_its_own_kernel(tmp_path: Path) -> None:
+    """SoftCon / SSL4EO-S12 weights (13 L1C bands, patch 14 or 16) for continual
+    pretraining: each of our bands takes the kernel of its own band, resized to our patch."""
+    from training.published import L1C
+
+    state = dinov2_state(patch=14, grid=16)
+    state["patch_embed.proj.weight"] = torch.randn(DIM, 13, 14, 14)
+    torch.save({"state_dict": {f"module.base_encoder.{k}": v for k, v in state.items()}},
+               tmp_path / "moco.pth")  # fmt: skip
+    model = MultiMAE(ModelConfig(modalities="bandgroups"))
+    report = init_from(model, tmp_path / "moco.pth")
+    assert any("bands by name, patch 14 -> 8" in line for line in report["adapted"])
+    resized = resize_kernel(state["patch_embed.proj.weight"].double(), 8)
+    for name in ("rgb", "nir", "swir"):
+        adapter = model.input_adapters[name]
+        index = [L1C.index(b) for b in adapter.modality.bands]
+        torch.testing.assert_close(adapter.proj.weight.double(), resized[:, index])
+    sar = dict(state, **{"patch_embed.proj.weight": torch.randn(DIM, 2, 14, 14)})
+    torch.save(sar, tmp_path / "sar.pth")
+    with pytest.raises(CheckpointError, match="SAR weights fit no input"):
+        init_from(MultiMAE(ModelConfig(modalities="bandgroups")), tmp_path / "sar.pth")
