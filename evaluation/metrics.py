@@ -15,6 +15,7 @@ function takes predictions it also takes logits, with the class axis at dimensio
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -157,3 +158,27 @@ def segmentation_scores(
     meter = SegmentationMeter(num_classes, ignore_index)
     meter.update(pred, target)
     return meter.compute()
+
+
+def bootstrap_interval(
+    metric: Callable[[Any, torch.Tensor], float],
+    outputs: Sequence[Any],
+    n: int,
+    resamples: int,
+    seed: int,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """The percentile interval of a score over test sets resampled with replacement.
+
+    `metric(output, index)` scores one output (a seed's predictions for the n test
+    samples) on the samples at `index`; each resample scores every output on the same
+    samples and keeps their mean, so the interval is that of the mean over seeds.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    means = []
+    for _ in range(resamples):
+        index = torch.randint(0, n, (n,), generator=generator)
+        means.append(float(np.nanmean([metric(out, index) for out in outputs])))
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.nanpercentile(means, [tail, 100 - tail])
+    return float(lo), float(hi)

@@ -105,13 +105,14 @@ def _table(rows: list[Row]) -> tuple[list[Config], list[str], dict[tuple[Config,
     return configs, inits, {k: float(np.mean(v)) for k, v in values.items()}
 
 
-def _cell(value: float | None, best: float | None) -> str:
+def _cell(value: float | None, best: float | None, std: float | None = None) -> str:
     if value is None:
         return MISSING
     if math.isnan(value):
         return "n/a"
     text = f"{100 * value:.1f}"
-    return f"**{text}**" if best is not None and text == f"{100 * best:.1f}" else text
+    bold = f"**{text}**" if best is not None and text == f"{100 * best:.1f}" else text
+    return bold if std is None else f"{bold} ± {100 * std:.1f}"
 
 
 def _markdown_table(rows: list[Row]) -> list[str]:
@@ -121,13 +122,45 @@ def _markdown_table(rows: list[Row]) -> list[str]:
         "| protocol | inputs | labels | " + " | ".join(inits) + " |",
         "|---|---|---|" + "---:|" * len(inits),
     ]
+    spread = _spread(rows)
     for config in configs:
         values = [cells.get((config, init)) for init in inits]
         finite = [v for v in values if v is not None and not math.isnan(v)]
         best = max(finite) if len(finite) > 1 else None
         protocol, inputs, fraction = config
-        body = " | ".join(_cell(v, best) for v in values)
+        stds = [spread.get((config, init)) for init in inits]
+        body = " | ".join(_cell(v, best, sd) for v, sd in zip(values, stds, strict=True))
         lines.append(f"| {protocol} | {inputs} | {_fraction(fraction)} | {body} |")
+    return lines + _intervals(rows)
+
+
+def _spread(rows: list[Row]) -> dict[tuple[Config, str], float]:
+    """The std over seeds of each cell's headline, where a cell has several seeds."""
+    values: dict[tuple[Config, str], list[float]] = {}
+    for r in rows:
+        cell = ((r["protocol"], r["inputs"], float(r["label_fraction"])), r["init"])
+        values.setdefault(cell, []).append(headline(r))
+    return {k: float(np.std(v, ddof=1)) for k, v in values.items() if len(v) > 1}
+
+
+def _intervals(rows: list[Row]) -> list[str]:
+    """The bootstrap intervals of the cells that have one, as a second table."""
+    found: dict[tuple[Config, str], tuple[list[float], int]] = {}
+    for r in rows:
+        if r.get("interval_95"):
+            cell = ((r["protocol"], r["inputs"], float(r["label_fraction"])), r["init"])
+            seeds = found.get(cell, (r["interval_95"], 0))[1] + 1
+            found[cell] = (r["interval_95"], seeds)
+    if not found:
+        return []
+    seeds = max(n for _, n in found.values())
+    lines = ["", f"95 % intervals of the headline (bootstrap over the test samples; of the "
+             f"mean over {seeds} seed{'s' * (seeds > 1)}):", "",
+             "| protocol | inputs | labels | init | interval |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for ((protocol, inputs, fraction), init), ((lo, hi), _) in found.items():
+        lines.append(f"| {protocol} | {inputs} | {_fraction(fraction)} | {init} | "
+                     f"{100 * lo:.1f} – {100 * hi:.1f} |")  # fmt: skip
     return lines
 
 

@@ -35,7 +35,13 @@ from evaluation.data import (
     load_benchmark_splits,
     load_shard_split,
 )
-from evaluation.metrics import HEADLINE, multilabel_scores, scene_scores, segmentation_scores
+from evaluation.metrics import (
+    HEADLINE,
+    bootstrap_interval,
+    multilabel_scores,
+    scene_scores,
+    segmentation_scores,
+)
 from evaluation.protocols import PROTOCOLS, RUNNERS, Encoder, ProbeConfig, Protocol
 from evaluation.report import write_report
 from shards.config import SHARDS_DIR, join_url
@@ -89,6 +95,18 @@ class EvalConfig(BaseModel):
         0.05, gt=0, lt=1, description="Multi-label: a class is present above this fraction."
     )
     probe: ProbeConfig = Field(default_factory=ProbeConfig, description="Protocol settings.")
+    seeds: int = Field(
+        1,
+        ge=1,
+        description="Repeat each probe with seeds probe.seed, +1, ...: the report "
+        "gives mean ± std (the label subset stays the one of probe.seed).",
+    )
+    bootstrap: int = Field(
+        1000,
+        ge=0,
+        description="Resamples of the test set for the headline's 95 % interval "
+        "(of the mean over seeds); 0: none.",
+    )
     name: str | None = Field(None, description="Report name (default: a timestamp).")
     use_ray: bool = Field(False, description="One Ray task per (task, protocol, inputs).")
     address: str | None = Field(None, description="Ray cluster address (with --use-ray).")
@@ -238,35 +256,48 @@ def evaluate_group(
         objective = checkpoint.read(Path(path)).get("objective", "multimae")
         probe = probe.model_copy(update={"pool": trained_pool(objective)})
     rows = []
+    seg = spec.kind == "segmentation"
     for init in cfg.inits:
         for fraction in cfg.label_fractions:
-            t0 = time.perf_counter()
-            encoder = build_encoder(path, init, cfg.probe.seed)
-            if isinstance(encoder, PublishedViT):  # it needs reflectance back
-                encoder.input_stats = train.stats[S2.name]
-            modalities = modalities_for(encoder, subset, spec)
-            train_part = label_subset(train, fraction, cfg.probe.seed)
-            output = RUNNERS[protocol](encoder, modalities, train_part, test, spec.kind,
-                                       len(spec.classes), probe)  # fmt: skip
-            seg = spec.kind == "segmentation"
-            row = {
-                "task": spec.name, "kind": spec.kind, "dataset": spec.dataset,
-                "split": spec.split,
-                "protocol": {"linear": "frozen-seg", "finetune": "finetune-seg"}[protocol]
-                if seg else protocol,
-                "inputs": subset,
-                "init": "supervised" if init == "random" and protocol == "finetune" else init,
-                "label_fraction": fraction, "headline": HEADLINE[spec.kind],
-                "metrics": score(spec.kind, output, test.labels, len(spec.classes)),
-                "classes": list(spec.classes), "pool": probe.pool,
-                "samples": {"train": len(train_part), "test": len(test),
-                            "train_skipped": train.skipped, "test_skipped": test.skipped},
-                "seconds": round(time.perf_counter() - t0, 2),
-            }  # fmt: skip
-            if seg and S2.name in subset:
-                row["examples"] = {"image": _rgb(test, 4), "target": test.labels[:4].numpy(),
-                                   "pred": output[:4].numpy()}  # fmt: skip
-            rows.append(row)
+            train_part = label_subset(train, fraction, cfg.probe.seed)  # the same for all seeds
+            outputs, group_rows = [], []
+            for seed in range(probe.seed, probe.seed + cfg.seeds):
+                t0 = time.perf_counter()
+                encoder = build_encoder(path, init, seed)
+                if isinstance(encoder, PublishedViT):  # it needs reflectance back
+                    encoder.input_stats = train.stats[S2.name]
+                modalities = modalities_for(encoder, subset, spec)
+                seeded = probe.model_copy(update={"seed": seed})
+                output = RUNNERS[protocol](encoder, modalities, train_part, test, spec.kind,
+                                           len(spec.classes), seeded)  # fmt: skip
+                outputs.append(output)
+                row = {
+                    "task": spec.name, "kind": spec.kind, "dataset": spec.dataset,
+                    "split": spec.split,
+                    "protocol": {"linear": "frozen-seg", "finetune": "finetune-seg"}[protocol]
+                    if seg else protocol,
+                    "inputs": subset,
+                    "init": "supervised" if init == "random" and protocol == "finetune" else init,
+                    "label_fraction": fraction, "headline": HEADLINE[spec.kind], "seed": seed,
+                    "metrics": score(spec.kind, output, test.labels, len(spec.classes)),
+                    "classes": list(spec.classes), "pool": probe.pool,
+                    "samples": {"train": len(train_part), "test": len(test),
+                                "train_skipped": train.skipped, "test_skipped": test.skipped},
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }  # fmt: skip
+                if seg and S2.name in subset and seed == probe.seed:
+                    row["examples"] = {"image": _rgb(test, 4), "target": test.labels[:4].numpy(),
+                                       "pred": output[:4].numpy()}  # fmt: skip
+                group_rows.append(row)
+            if cfg.bootstrap:
+                interval = bootstrap_interval(
+                    lambda out, idx: score(spec.kind, out[idx], test.labels[idx],
+                                           len(spec.classes))[HEADLINE[spec.kind]],
+                    outputs, len(test), cfg.bootstrap, probe.seed,
+                )  # fmt: skip
+                for row in group_rows:
+                    row["interval_95"] = list(interval)
+            rows += group_rows
     return rows
 
 

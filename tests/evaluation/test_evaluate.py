@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from fixtures import eurosat as eurosat_fixture
@@ -82,19 +83,23 @@ def test_eurosat_benchmark_end_to_end(pretrained: Path, tmp_path: Path) -> None:
     args = ["evaluate", "--run-dir", str(tmp_path), "--encoder", str(pretrained),
             "--benchmark", "eurosat", "--data", str(data), "--inputs", '["s2"]',
             "--protocols", '["linear", "knn"]', "--name", "eurosat",
-            "--probe.linear-epochs", "20"]  # fmt: skip
+            "--probe.linear-epochs", "20", "--seeds", "2", "--bootstrap", "200"]  # fmt: skip
     assert main(args) == 0
     out = tmp_path / "evaluation" / "eurosat"
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
-    assert {(r["protocol"], r["init"]) for r in rows} == {
-        ("linear", "pretrained"),
-        ("linear", "random"),
-        ("knn", "pretrained"),
-        ("knn", "random"),
-    }
+    assert sorted((r["protocol"], r["init"], r["seed"]) for r in rows) == sorted(
+        (p, i, s) for p in ("linear", "knn") for i in ("pretrained", "random") for s in (0, 1)
+    )
     assert all(r["headline"] == "accuracy" and 0 <= r["metrics"]["accuracy"] <= 1 for r in rows)
-    assert "eurosat" in (out / "report.md").read_text()
+    for r in rows:  # the interval holds the mean over the two seeds of its cell
+        mean = np.mean([x["metrics"]["accuracy"] for x in rows
+                        if (x["protocol"], x["init"]) == (r["protocol"], r["init"])])  # fmt: skip
+        lo, hi = r["interval_95"]
+        assert lo <= mean <= hi
+    report = (out / "report.md").read_text()
+    assert "eurosat" in report and " ± " in report and "95 % intervals" in report
+    assert "Split: the official split lists" in report
 
 
 @pytest.mark.slow

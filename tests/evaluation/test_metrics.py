@@ -113,3 +113,18 @@ def test_meter_accumulates_like_one_shot() -> None:
     assert (together["confusion"] == once["confusion"]).all()
     assert together["mIoU"] == pytest.approx(once["mIoU"])
     assert together["confusion"].sum() == (target != -100).sum()
+
+
+def test_bootstrap_interval_of_an_accuracy_is_the_binomial_one() -> None:
+    """160 of 200 right: the 95 % interval is about 0.8 ± 1.96 * sqrt(0.8 * 0.2 / 200)."""
+    from evaluation.metrics import bootstrap_interval
+
+    right = torch.tensor([1.0] * 160 + [0.0] * 40)
+    lo, hi = bootstrap_interval(lambda out, idx: float(out[idx].mean()), [right], 200, 2000, 0)
+    half = 1.96 * (0.8 * 0.2 / 200) ** 0.5
+    assert abs(lo - (0.8 - half)) < 0.01 and abs(hi - (0.8 + half)) < 0.01
+    # two seeds: the interval of their mean
+    other = torch.tensor([1.0] * 120 + [0.0] * 80)
+    lo2, hi2 = bootstrap_interval(lambda out, idx: float(out[idx].mean()), [right, other],
+                                  200, 2000, 0)  # fmt: skip
+    assert lo2 < 0.7 < hi2 and hi2 - lo2 < hi - lo + 0.05
