@@ -35,6 +35,7 @@ from evaluation.data import (
     load_benchmark_splits,
     load_shard_split,
 )
+from evaluation.leaderboard import write_leaderboard_csv
 from evaluation.metrics import (
     HEADLINE,
     bootstrap_interval,
@@ -281,6 +282,7 @@ def evaluate_group(
                     "label_fraction": fraction, "headline": HEADLINE[spec.kind], "seed": seed,
                     "metrics": score(spec.kind, output, test.labels, len(spec.classes)),
                     "classes": list(spec.classes), "pool": probe.pool,
+                    "knn_k": probe.knn_k if protocol == "knn" else None,
                     "samples": {"train": len(train_part), "test": len(test),
                                 "train_skipped": train.skipped, "test_skipped": test.skipped},
                     "seconds": round(time.perf_counter() - t0, 2),
@@ -311,6 +313,17 @@ def plan(cfg: EvalConfig, spec: TaskSpec | None) -> list[tuple[str, Protocol, st
         if not (protocol == "knn" and kind == "segmentation")
         for subset in cfg.inputs
     ]
+
+
+def encoder_description(encoder: Encoder, name: str, cfg: EvalConfig) -> dict[str, Any]:
+    """What the leaderboard CSV says of the encoder (evaluation.leaderboard)."""
+    if isinstance(encoder, PublishedViT):
+        return {"model": f"training.published.{encoder.name}", "name": name, "dim": encoder.dim,
+                "size": encoder.family.image, "normalization": "model_native",
+                "interpolation": "bilinear", "bootstrap": cfg.bootstrap}  # fmt: skip
+    return {"model": "training.multimae.MultiMAE", "name": name, "dim": encoder.dim,
+            "size": encoder.input_size, "normalization": "bandspec_zscore",
+            "interpolation": "none", "bootstrap": cfg.bootstrap}  # fmt: skip
 
 
 def check(cfg: EvalConfig) -> TaskSpec | None:
@@ -374,4 +387,5 @@ def run_evaluation(cfg: EvalConfig, log: Any = print) -> dict[str, Any]:
     }  # fmt: skip
     title = encoder.split(":")[0] if split_spec(encoder) else Path(encoder).parent.name
     report = write_report(rows, out, f"eomae evaluation: {title}", context)
+    write_leaderboard_csv(rows, out, encoder_description(open_encoder(encoder), title, cfg))
     return {"report": str(report), "rows": rows, "elapsed_s": round(time.perf_counter() - t0, 1)}

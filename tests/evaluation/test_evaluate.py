@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import tarfile
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 
 from eomae.cli import main
 from evaluation.data import EvalSplit, load_shard_split
+from evaluation.leaderboard import COLUMNS
 from evaluation.protocols import PatchHead, ProbeConfig, knn
 from evaluation.run import EvalConfig, EvaluationError, run_evaluation
 from training.config import ModelConfig
@@ -100,6 +102,14 @@ def test_eurosat_benchmark_end_to_end(pretrained: Path, tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     assert "eurosat" in report and " ± " in report and "95 % intervals" in report
     assert "Split: the official split lists" in report
+    # the same rows in torchgeo-bench's results layout
+    with open(out / "torchgeo_bench.csv") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == list(COLUMNS) and len(table) == len(rows)
+    linear = next(t for t in table if t["method"] == "linear" and t["seed"] == "0")
+    assert linear["metric_name"] == "accuracy" and linear["partition"] == "default"
+    assert 0 <= float(linear["ci_lower"]) <= float(linear["ci_upper"]) <= 1
+    assert {t["method"] for t in table} == {"linear", "knn20"}
 
 
 @pytest.mark.slow
