@@ -43,6 +43,7 @@ from evaluation.metrics import (
     scene_scores,
     segmentation_scores,
 )
+from evaluation.presets import PRESETS, apply_preset, reference
 from evaluation.protocols import PROTOCOLS, RUNNERS, Encoder, ProbeConfig, Protocol
 from evaluation.report import write_report
 from shards.config import SHARDS_DIR, join_url
@@ -73,6 +74,12 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     run_dir: str = Field("runs/demo", description="Run directory (path).")
+    preset: str | None = Field(
+        None,
+        description=f"A published protocol by name ({', '.join(PRESETS)}): sets its fields "
+        "(benchmark, protocols, inputs, inits, label fractions) and the report names the "
+        "published numbers to compare with (evaluation/presets.py). Give --data.",
+    )
     encoder: str | None = Field(
         None,
         description="Exported encoder file, pretraining run directory or checkpoint "
@@ -111,6 +118,11 @@ class EvalConfig(BaseModel):
     name: str | None = Field(None, description="Report name (default: a timestamp).")
     use_ray: bool = Field(False, description="One Ray task per (task, protocol, inputs).")
     address: str | None = Field(None, description="Ray cluster address (with --use-ray).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        return apply_preset(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
@@ -382,6 +394,8 @@ def run_evaluation(cfg: EvalConfig, log: Any = print) -> dict[str, Any]:
         (cfg.shards or join_url(cfg.run_dir, SHARDS_DIR)),
         "seed": cfg.probe.seed, "date": dt.datetime.now().isoformat(timespec="seconds"),
         "class_colors": {} if spec else {t: list(landcover_task(t).colors) for t in cfg.tasks},
+        **({"preset": cfg.preset, "published": reference(cfg.preset, encoder)} if cfg.preset
+           else {}),
         "damaged samples skipped (train)": max(
             (r.get("samples", {}).get("train_skipped", 0) for r in rows), default=0),
     }  # fmt: skip

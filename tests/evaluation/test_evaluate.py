@@ -14,6 +14,7 @@ import pytest
 import torch
 from fixtures import eurosat as eurosat_fixture
 from fixtures import geobench as geobench_fixture
+from fixtures.published import vit_state
 from pydantic import ValidationError
 
 from eomae.cli import main
@@ -199,3 +200,26 @@ def test_damaged_shards_are_reported_and_a_damaged_test_split_refused(
     _damage_first_sample(shards / first["test"])
     with pytest.raises(EvaluationError, match="test split of shards lost 1 damaged samples"):
         run_evaluation(cfg.model_copy(update={"name": "damaged-test"}))
+
+
+def test_a_published_protocol_runs_on_a_published_encoder_and_names_its_numbers(
+    tmp_path: Path,
+) -> None:
+    """--preset softcon-eurosat with SoftCon's ViT-S/14 layout (random weights) end to end."""
+    torch.save(vit_state(384, 14, 16, layer_scale=True), tmp_path / "B13_vits14_softcon.pth")
+    data = eurosat_fixture.make(tmp_path / "eurosat", per_class=6)
+    encoder = f"softcon-vits14:{tmp_path / 'B13_vits14_softcon.pth'}"
+    args = ["evaluate", "--run-dir", str(tmp_path), "--encoder", encoder, "--preset",
+            "softcon-eurosat", "--data", str(data), "--name", "softcon",
+            "--probe.linear-epochs", "5"]  # fmt: skip
+    assert main(args) == 0
+    out = tmp_path / "evaluation" / "softcon"
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {(r["protocol"], r["init"], r["label_fraction"]) for r in rows} == {
+        ("linear", "pretrained", 1.0)
+    }
+    assert rows[0]["pool"] == "mean"  # SoftCon's own: mean of the patch tokens
+    report = (out / "report.md").read_text()
+    assert "| preset | softcon-eurosat |" in report
+    assert "softcon-vits14 97.1, softcon-vitb14 98.0" in report
+    assert "for this encoder (softcon-vits14): 97.1" in report

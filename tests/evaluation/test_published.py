@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures.published import vit_state  # tests/evaluation is on sys.path
 from torch import Tensor
 
 from evaluation.run import EvalConfig, check
@@ -23,31 +24,6 @@ from training.published import L2A_MEAN, L2A_STD, load_published, split_spec
 
 L1C = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
 L2A = [b for b in L1C if b != "B10"]
-
-
-def vit_state(
-    dim: int, patch: int, grid: int, layer_scale: bool, seed: int = 0
-) -> dict[str, Tensor]:
-    """A ViT backbone in DINOv2 / timm key names, depth 12, 13 input bands."""
-    g = torch.Generator().manual_seed(seed)
-
-    def w(*shape: int, scale: float = 0.05) -> Tensor:
-        return torch.randn(*shape, generator=g) * scale
-
-    s = {"cls_token": w(1, 1, dim), "pos_embed": w(1, 1 + grid * grid, dim),
-         "patch_embed.proj.weight": w(dim, 13, patch, patch), "patch_embed.proj.bias": w(dim),
-         "norm.weight": 1 + w(dim), "norm.bias": w(dim)}  # fmt: skip
-    for n in range(12):
-        b = f"blocks.{n}"
-        s |= {f"{b}.norm1.weight": 1 + w(dim), f"{b}.norm1.bias": w(dim),
-              f"{b}.attn.qkv.weight": w(3 * dim, dim), f"{b}.attn.qkv.bias": w(3 * dim),
-              f"{b}.attn.proj.weight": w(dim, dim), f"{b}.attn.proj.bias": w(dim),
-              f"{b}.norm2.weight": 1 + w(dim), f"{b}.norm2.bias": w(dim),
-              f"{b}.mlp.fc1.weight": w(4 * dim, dim), f"{b}.mlp.fc1.bias": w(4 * dim),
-              f"{b}.mlp.fc2.weight": w(dim, 4 * dim), f"{b}.mlp.fc2.bias": w(dim)}  # fmt: skip
-        if layer_scale:
-            s |= {f"{b}.ls1.gamma": w(dim, scale=0.5), f"{b}.ls2.gamma": w(dim, scale=0.5)}
-    return s
 
 
 def their_forward(s: dict[str, Tensor], x13: Tensor, patch: int, heads: int) -> Tensor:
