@@ -1,7 +1,7 @@
-"""Evaluation data: one split of our shards or of a public benchmark, in memory.
+"""Evaluation data: one split of our shards, or of a public benchmark.
 
-Evaluation sets are small next to pretraining corpora (and features are what probes
-train on), so a split is read once into tensors:
+A shard split is read into memory (`EvalSplit`); a benchmark split is read a batch at a
+time (`BenchmarkSplit`). Both give `take(index)`, `labels` and `subset(index)`:
 
     EvalSplit.sources  {"s2": (N, 12, H, W), "dem": (N, 1, H, W)}  normalised, float32
     EvalSplit.labels   (N,) long | (N, K) float 0/1 | (N, H, W) long (IGNORE: unlabelled)
@@ -11,7 +11,8 @@ Tasks on our shards come from land cover, so land cover is never an input:
 - `scene`: the dominant class (EuroSAT style),
 - `segmentation`: the per-pixel class, invalid and nodata pixels ignored.
 Benchmarks bring their own labels; their Sentinel-2 bands are z-scored with their train
-split's statistics and placed at our band positions (absent bands stay 0, the mean).
+split's statistics (over up to STATS_SAMPLES seeded samples) and placed at our band
+positions (absent bands stay 0, the mean).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from evaluation.benchmarks import IGNORE, Benchmark, Task
+from evaluation.benchmarks import IGNORE, Benchmark, SampleSource, Task
 from ingest.sources import worldcover
 from shards.loader import make_loader
 from shards.manifest import read_stats
@@ -58,6 +59,10 @@ class EvalSplit:
 
     def __len__(self) -> int:
         return self.labels.shape[0]
+
+    def take(self, index: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """The inputs and labels of the samples at `index`."""
+        return {k: v[index] for k, v in self.sources.items()}, self.labels[index]
 
     def subset(self, index: Tensor) -> EvalSplit:
         """The samples at `index` (label fractions, batches)."""
@@ -110,39 +115,90 @@ def load_shard_split(
                      skipped=loader.skipped, stats=stats)  # fmt: skip
 
 
-def _stack(benchmark: Benchmark, split: str) -> tuple[np.ndarray, np.ndarray]:
-    samples = benchmark.split(split)
-    items = [samples[i] for i in range(len(samples))]
-    return np.stack([s["s2"] for s in items]), np.stack([np.asarray(s["label"]) for s in items])
+STATS_SAMPLES = 1000  # train samples (seeded) the benchmark's band statistics come from
 
 
-def band_stats(s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and std of (N, C, H, W) reflectances."""
-    flat = s2.transpose(1, 0, 2, 3).reshape(s2.shape[1], -1).astype(np.float64)
-    return flat.mean(axis=1), np.maximum(flat.std(axis=1), 1e-6)
+class BenchmarkSplit:
+    """A benchmark split read from disk a batch at a time: memory flat in its size.
+
+    Samples are read when `take` asks for them, z-scored with `stats` and put at our band
+    positions (absent bands 0); `labels` read only the labels where the source can
+    (`label(i)`), so a label fraction is chosen before any imagery is read.
+    """
+
+    def __init__(self, source: SampleSource, rows: np.ndarray, stats: tuple[Tensor, Tensor],
+                 bands: list[int], task: Task, patch: int) -> None:  # fmt: skip
+        self.source, self.rows, self.bands, self.task, self.patch = source, rows, bands, task, patch
+        self.stats = {S2.name: stats}
+        self.skipped = 0
+        self._labels: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def labels(self) -> Tensor:
+        """Every sample's label, read once."""
+        if self._labels is None:
+            read = getattr(self.source, "label", None)
+            values = [read(int(i)) if read else self.source[int(i)]["label"] for i in self.rows]
+            y = torch.from_numpy(np.stack([np.asarray(v) for v in values]))
+            self._labels = crop_to(y.long(), self.patch) if self.task == "segmentation" else y
+        return self._labels
+
+    def take(self, index: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """The inputs and labels of the samples at `index`."""
+        mean, std = self.stats[S2.name]
+        samples = [self.source[int(self.rows[i])] for i in index.tolist()]
+        s2 = torch.from_numpy(np.stack([s["s2"] for s in samples])).float()
+        full = torch.zeros(len(samples), S2.channels, *s2.shape[2:])
+        full[:, self.bands] = (s2 - mean[self.bands, None, None]) / std[self.bands, None, None]
+        y = torch.from_numpy(np.stack([np.asarray(s["label"]) for s in samples]))
+        y = crop_to(y.long(), self.patch) if self.task == "segmentation" else y
+        return {S2.name: crop_to(full, self.patch)}, y
+
+    def subset(self, index: Tensor) -> BenchmarkSplit:
+        """The samples at `index`, nothing read."""
+        part = BenchmarkSplit(self.source, self.rows[index.numpy()], self.stats[S2.name],
+                              self.bands, self.task, self.patch)  # fmt: skip
+        if self._labels is not None:
+            part._labels = self._labels[index]
+        return part
+
+
+def band_stats(source: SampleSource, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std of a split's reflectances, over up to STATS_SAMPLES samples."""
+    rows = np.random.default_rng(seed).permutation(len(source))[:STATS_SAMPLES]
+    sums: list[np.ndarray] = []  # per sample: (3, C) pixel count, sum, sum of squares
+    for i in sorted(rows.tolist()):
+        s2 = np.asarray(source[i]["s2"], dtype=np.float64)  # (C, H, W)
+        n = np.full(s2.shape[0], s2.shape[1] * s2.shape[2], dtype=np.float64)
+        sums.append(np.stack([n, s2.sum(axis=(1, 2)), (s2**2).sum(axis=(1, 2))]))
+    count, total, square = np.sum(sums, axis=0)
+    mean = total / count
+    return mean, np.sqrt(np.maximum(square / count - mean**2, 0.0)).clip(min=1e-6)
 
 
 def load_benchmark_splits(
     benchmark: Benchmark, splits: tuple[str, ...], patch: int
-) -> dict[str, EvalSplit]:
-    """Benchmark splits as EvalSplits, z-scored with the train split's band statistics."""
-    raw = {s: _stack(benchmark, s) for s in splits}
-    mean, std = band_stats(raw["train"][0] if "train" in raw else raw[splits[0]][0])
+) -> dict[str, BenchmarkSplit]:
+    """Benchmark splits, read lazily, z-scored with the train split's band statistics."""
+    mean, std = band_stats(benchmark.split("train" if "train" in splits else splits[0]))
     index = [S2.bands.index(b) for b in benchmark.bands]
     # bands the benchmark lacks are 0 in z and in raw units: mean 0, std 1
     stats = (torch.zeros(S2.channels), torch.ones(S2.channels))
     stats[0][index], stats[1][index] = torch.from_numpy(mean).float(), torch.from_numpy(std).float()
-    out = {}
-    for name, (s2, labels) in raw.items():
-        z = (s2 - mean[None, :, None, None]) / std[None, :, None, None]
-        full = np.zeros((s2.shape[0], S2.channels, *s2.shape[2:]), np.float32)
-        full[:, index] = z
-        y = torch.from_numpy(labels)
-        if benchmark.task == "segmentation":
-            y = crop_to(y.long(), patch)
-        out[name] = EvalSplit({S2.name: crop_to(torch.from_numpy(full), patch)}, y,
-                              stats={S2.name: stats})  # fmt: skip
-    return out
+    return {
+        name: BenchmarkSplit(
+            benchmark.split(name),
+            np.arange(len(benchmark.split(name))),
+            stats,
+            index,
+            benchmark.task,
+            patch,
+        )  # fmt: skip
+        for name in splits
+    }
 
 
 def benchmark_task(benchmark: Benchmark) -> TaskSpec:
@@ -150,3 +206,7 @@ def benchmark_task(benchmark: Benchmark) -> TaskSpec:
     return TaskSpec(benchmark.name, benchmark.task, benchmark.classes, benchmark.name,
                     bands=benchmark.bands, sources=(S2.name,),
                     split=benchmark.split_source)  # fmt: skip
+
+
+# What the protocols take: a split in memory or one read from disk a batch at a time.
+Split = EvalSplit | BenchmarkSplit

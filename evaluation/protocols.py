@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from evaluation.benchmarks import IGNORE, Task
-from evaluation.data import EvalSplit
+from evaluation.data import Split
 from training.loop import warmup_cosine
 from training.modalities import ModelModality, split_batch
 from training.multimae import MultiMAE
@@ -65,14 +65,18 @@ def _batches(n: int, size: int, generator: torch.Generator | None = None) -> lis
     return list(order.split(size))
 
 
-def _inputs(split: EvalSplit, modalities: tuple[ModelModality, ...]) -> dict[str, Tensor]:
-    return split_batch(split.sources, modalities)
+def _take(
+    split: Split, index: Tensor, modalities: tuple[ModelModality, ...]
+) -> tuple[dict[str, Tensor], Tensor]:
+    """The encoder's inputs and the labels of the samples at `index`, read now."""
+    sources, labels = split.take(index)
+    return split_batch(sources, modalities), labels
 
 
 @torch.no_grad()
 def encode(
     encoder: Encoder,
-    split: EvalSplit,
+    split: Split,
     modalities: tuple[ModelModality, ...],
     batch_size: int,
     pool: str = "mean",
@@ -83,9 +87,9 @@ def encode(
     """
     encoder.eval()
     pooled, patches = [], []
-    inputs = _inputs(split, modalities)
-    for index in _batches(len(split), batch_size):
-        encoded = encoder.encode({k: v[index] for k, v in inputs.items()})  # (B, 1 + M*g*g, D)
+    for index in _batches(len(split), batch_size):  # only features are kept
+        inputs, _ = _take(split, index, modalities)
+        encoded = encoder.encode(inputs)  # (B, 1 + M*g*g, D)
         tokens = encoded[:, 1:]
         b, n, d = tokens.shape
         per_position = tokens.view(b, len(inputs), n // len(inputs), d).mean(dim=1)
@@ -139,8 +143,8 @@ def fit_head(head: nn.Module, x: Tensor, y: Tensor, kind: Task, cfg: ProbeConfig
 def linear_probe(
     encoder: Encoder,
     modalities: tuple[ModelModality, ...],
-    train: EvalSplit,
-    test: EvalSplit,
+    train: Split,
+    test: Split,
     kind: Task,
     classes: int,
     cfg: ProbeConfig,
@@ -164,8 +168,8 @@ def linear_probe(
 def knn(
     encoder: Encoder,
     modalities: tuple[ModelModality, ...],
-    train: EvalSplit,
-    test: EvalSplit,
+    train: Split,
+    test: Split,
     kind: Task,
     classes: int,
     cfg: ProbeConfig,
@@ -220,8 +224,8 @@ def _flip(
 def finetune(
     encoder: Encoder,
     modalities: tuple[ModelModality, ...],
-    train: EvalSplit,
-    test: EvalSplit,
+    train: Split,
+    test: Split,
     kind: Task,
     classes: int,
     cfg: ProbeConfig,
@@ -239,21 +243,18 @@ def finetune(
     # the pretraining schedule: linear warm-up over the first tenth, then cosine to zero
     factor = warmup_cosine(max(1, steps // 10), steps, 0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    inputs = _inputs(train, modalities)
     model.train()
-    for _ in range(cfg.finetune_epochs):
+    for _ in range(cfg.finetune_epochs):  # batches streamed from the split each epoch
         for index in _batches(len(train), cfg.batch_size, generator):
-            x, y = _flip({k: v[index] for k, v in inputs.items()}, train.labels[index], kind,
-                         generator)  # fmt: skip
+            x, y = _flip(*_take(train, index, modalities), kind, generator)
             loss = loss_fn(kind, model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
     model.eval()
-    test_inputs = _inputs(test, modalities)
     with torch.no_grad():
-        out = torch.cat([model({k: v[i] for k, v in test_inputs.items()})
+        out = torch.cat([model(_take(test, i, modalities)[0])
                          for i in _batches(len(test), cfg.batch_size)])  # fmt: skip
     return out.argmax(dim=1) if kind == "segmentation" else out
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from evaluation.benchmarks import Benchmark, Task, bigearthnet, eurosat, geobench
 from evaluation.data import (
     SHARD_TASKS,
-    EvalSplit,
+    Split,
     TaskSpec,
     benchmark_task,
     landcover_task,
@@ -205,7 +205,7 @@ def modalities_for(encoder: Encoder, subset: str, spec: TaskSpec) -> tuple[Model
 
 
 @functools.cache
-def _load(cfg_json: str, task: str) -> tuple[TaskSpec, EvalSplit, EvalSplit]:
+def _load(cfg_json: str, task: str) -> tuple[TaskSpec, Split, Split]:
     """(spec, train, test) of a task; cached per process, shared by its groups."""
     cfg = EvalConfig.model_validate_json(cfg_json)
     patch = open_encoder(resolve_encoder(cfg)).patch
@@ -223,7 +223,7 @@ def _load(cfg_json: str, task: str) -> tuple[TaskSpec, EvalSplit, EvalSplit]:
     )
 
 
-def label_subset(split: EvalSplit, fraction: float, seed: int) -> EvalSplit:
+def label_subset(split: Split, fraction: float, seed: int) -> Split:
     """A seeded random `fraction` of the samples (at least one)."""
     if fraction >= 1:
         return split
@@ -241,9 +241,10 @@ def score(kind: Task, output: Tensor, labels: Tensor, classes: int) -> dict[str,
     return segmentation_scores(output.numpy(), labels.numpy(), classes)
 
 
-def _rgb(split: EvalSplit, n: int) -> np.ndarray:
+def _rgb(split: Split, n: int) -> np.ndarray:
     """True-colour images in [0, 1] (2-98 % stretch of the z-scored bands) for figures."""
-    rgb = split.sources[S2.name][:n, S2.band_index(("B04", "B03", "B02"))].numpy()
+    s2 = split.take(torch.arange(min(n, len(split))))[0][S2.name]
+    rgb = s2[:, S2.band_index(("B04", "B03", "B02"))].numpy()
     lo, hi = np.percentile(rgb, [2, 98], axis=(1, 2, 3), keepdims=True)
     return np.clip((rgb - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
 

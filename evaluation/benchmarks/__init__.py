@@ -31,7 +31,11 @@ class BenchmarkError(ValueError):
 
 
 class SampleSource(Protocol):
-    """A map-style dataset of benchmark samples (see the module docstring)."""
+    """A map-style dataset of benchmark samples (see the module docstring).
+
+    A source may also have `label(index)`, the label alone without reading imagery, which
+    evaluation uses to choose label fractions and fit heads (evaluation.data).
+    """
 
     def __len__(self) -> int: ...
     def __getitem__(self, index: int) -> dict[str, Any]: ...

@@ -161,6 +161,11 @@ class V1Split:
     def __len__(self) -> int:
         return len(self.patches)
 
+    def label(self, index: int) -> np.ndarray:
+        """The patch's multi-hot labels from its JSON alone, no imagery read."""
+        patch = self.patches[index]
+        return multi_hot(v1_labels(self.patch_dir / patch, patch))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         patch = self.patches[index]
         folder = self.patch_dir / patch
@@ -177,6 +182,10 @@ class V2Split:
 
     def __len__(self) -> int:
         return len(self.patches)
+
+    def label(self, index: int) -> np.ndarray:
+        """The patch's multi-hot labels from the metadata, no imagery read."""
+        return multi_hot(self.labels[index])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         patch = self.patches[index]

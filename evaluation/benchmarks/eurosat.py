@@ -70,6 +70,10 @@ class EuroSATSplit:
     def __len__(self) -> int:
         return len(self.files)
 
+    def label(self, index: int) -> np.ndarray:
+        """The class index alone, no imagery read."""
+        return np.asarray(self.labels[index], dtype=np.int64)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.files[index]
         with rasterio.open(path) as src:

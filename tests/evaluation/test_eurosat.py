@@ -167,3 +167,31 @@ def test_a_random_split_is_said_in_the_benchmark_and_the_log(
     assert bench.split_source.startswith("a seeded random split stratified by class (0.6/0.2/0.2")
     assert "not the official one" in bench.split_source and str(root) in bench.split_source
     assert bench.split_source in caplog.text
+
+
+def test_a_label_fraction_is_chosen_before_any_imagery_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Benchmark splits are read a batch at a time: a 10 % subset reads 10 % of the images."""
+    import torch
+
+    from evaluation.data import band_stats, load_benchmark_splits
+    from evaluation.run import label_subset
+
+    bench = read(fixture.make(tmp_path, per_class=10))
+    splits = load_benchmark_splits(bench, ("train", "test"), patch=8)  # statistics read here
+    reads: list[int] = []
+    original = EuroSATSplit.__getitem__
+    monkeypatch.setattr(EuroSATSplit, "__getitem__",
+                        lambda self, i: reads.append(i) or original(self, i))  # fmt: skip
+    train = splits["train"]
+    part = label_subset(train, 0.1, seed=0)
+    assert len(part) == round(0.1 * len(train)) and part.labels.shape == (len(part),)
+    assert reads == [], "labels and the subset come without reading an image"
+    inputs, labels = part.take(torch.arange(len(part)))
+    assert len(reads) == len(part) and torch.equal(labels, part.labels)
+    mean, std = band_stats(bench.split("train"))
+    image = original(bench.split("train"), int(part.rows[0]))["s2"]
+    z = (image - mean[:, None, None]) / std[:, None, None]
+    at = [BAND_NAMES.index(b) for b in bench.bands]  # our band positions
+    assert np.allclose(inputs["s2"][0, at].numpy(), z[:, :64, :64], atol=1e-4)
