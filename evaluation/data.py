@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import rasterio
 import torch
 from torch import Tensor
 
@@ -116,6 +117,9 @@ def load_shard_split(
 
 
 STATS_SAMPLES = 1000  # train samples (seeded) the benchmark's band statistics come from
+# GDAL keeps blocks it has read (by default up to 5 % of RAM): over a benchmark of many
+# small files that grows with its size; the reads here are one pass, so a small cache.
+READ_CACHE_MB = 64
 
 
 class BenchmarkSplit:
@@ -149,7 +153,8 @@ class BenchmarkSplit:
     def take(self, index: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """The inputs and labels of the samples at `index`."""
         mean, std = self.stats[S2.name]
-        samples = [self.source[int(self.rows[i])] for i in index.tolist()]
+        with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB):
+            samples = [self.source[int(self.rows[i])] for i in index.tolist()]
         s2 = torch.from_numpy(np.stack([s["s2"] for s in samples])).float()
         full = torch.zeros(len(samples), S2.channels, *s2.shape[2:])
         full[:, self.bands] = (s2 - mean[self.bands, None, None]) / std[self.bands, None, None]
@@ -171,7 +176,8 @@ def band_stats(source: SampleSource, seed: int = 0) -> tuple[np.ndarray, np.ndar
     rows = np.random.default_rng(seed).permutation(len(source))[:STATS_SAMPLES]
     sums: list[np.ndarray] = []  # per sample: (3, C) pixel count, sum, sum of squares
     for i in sorted(rows.tolist()):
-        s2 = np.asarray(source[i]["s2"], dtype=np.float64)  # (C, H, W)
+        with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB):
+            s2 = np.asarray(source[i]["s2"], dtype=np.float64)  # (C, H, W)
         n = np.full(s2.shape[0], s2.shape[1] * s2.shape[2], dtype=np.float64)
         sums.append(np.stack([n, s2.sum(axis=(1, 2)), (s2**2).sum(axis=(1, 2))]))
     count, total, square = np.sum(sums, axis=0)

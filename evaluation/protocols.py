@@ -80,22 +80,24 @@ def encode(
     modalities: tuple[ModelModality, ...],
     batch_size: int,
     pool: str = "mean",
-) -> tuple[Tensor, Tensor]:
-    """Pooled features (N, D) and patch tokens averaged over modalities (N, g*g, D).
+    patches: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Pooled features (N, D), and with `patches` the patch tokens (N, g*g, D).
 
-    `pool`: "mean" of the patch tokens, or the "global" token.
+    The patch tokens are averaged over modalities; segmentation needs them, the others do
+    not, and they are g*g times larger. `pool`: "mean" of the patch tokens, or "global".
     """
     encoder.eval()
-    pooled, patches = [], []
+    pooled, grids = [], []
     for index in _batches(len(split), batch_size):  # only features are kept
         inputs, _ = _take(split, index, modalities)
         encoded = encoder.encode(inputs)  # (B, 1 + M*g*g, D)
         tokens = encoded[:, 1:]
-        b, n, d = tokens.shape
-        per_position = tokens.view(b, len(inputs), n // len(inputs), d).mean(dim=1)
         pooled.append(encoded[:, 0] if pool == "global" else tokens.mean(dim=1))
-        patches.append(per_position)
-    return torch.cat(pooled), torch.cat(patches)
+        if patches:
+            b, n, d = tokens.shape
+            grids.append(tokens.view(b, len(inputs), n // len(inputs), d).mean(dim=1))
+    return torch.cat(pooled), torch.cat(grids) if patches else None
 
 
 def loss_fn(kind: Task, logits: Tensor, target: Tensor) -> Tensor:
@@ -151,9 +153,10 @@ def linear_probe(
 ) -> Tensor:
     """Frozen encoder + linear head; the test split's scores or pixel predictions."""
     torch.manual_seed(cfg.seed)
-    train_pooled, train_patches = encode(encoder, train, modalities, cfg.batch_size, cfg.pool)
-    test_pooled, test_patches = encode(encoder, test, modalities, cfg.batch_size, cfg.pool)
-    if kind == "segmentation":
+    seg = kind == "segmentation"
+    train_pooled, train_patches = encode(encoder, train, modalities, cfg.batch_size, cfg.pool, seg)
+    test_pooled, test_patches = encode(encoder, test, modalities, cfg.batch_size, cfg.pool, seg)
+    if train_patches is not None and test_patches is not None:
         head = fit_head(PatchHead(encoder.dim, classes, encoder.patch), train_patches,
                         train.labels, kind, cfg)  # fmt: skip
         with torch.no_grad():
