@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -221,6 +222,11 @@ class PretrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in storage.")
     max_failures: int = Field(3, ge=0, description="Worker failures survived (restart + resume).")
     log_every: int = Field(10, ge=1, description="Report metrics to Ray every N steps.")
+    mlflow: str | None = Field(
+        None,
+        description="MLflow tracking URI: the metrics go to an MLflow run there too "
+        "(needs `pip install mlflow`).",
+    )
     seed: int = Field(0, description="Seed of initialisation, masking, crops and data order.")
     address: str | None = Field(
         None, description="Ray cluster address; default: $RAY_ADDRESS or a local Ray."
@@ -233,6 +239,9 @@ class PretrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:
+        if self.mlflow and importlib.util.find_spec("mlflow") is None:
+            raise ValueError(f"mlflow {self.mlflow}: the mlflow package is not installed "
+                             "(pip install mlflow)")  # fmt: skip
         if self.max_workers is not None and self.max_workers < self.workers:
             raise ValueError(f"max_workers {self.max_workers} < workers {self.workers}")
         if self.uses_softcon:  # SoftCon's labels come from land cover: not an input

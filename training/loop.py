@@ -196,7 +196,7 @@ def train_loop(config: dict[str, Any]) -> None:
         state = checkpoint.load(Path(config["resume_from"]), model, optimizer, schedule)
     if state is not None:
         step, start_epoch = state["step"], state["epoch"] + 1
-    metrics_log = MetricsLog(run_dir, step) if rank == 0 else None
+    metrics_log = MetricsLog(run_dir, step, cfg.mlflow) if rank == 0 else None
     trained: nn.Module = ray.train.torch.prepare_model(model)  # DDP
     if cfg.compile:
         trained = torch.compile(trained)  # type: ignore[assignment]

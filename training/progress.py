@@ -1,10 +1,12 @@
 """Where pretraining's metrics go while it runs: the metrics file, TensorBoard, the driver.
 
-Rank 0 writes every logged row twice (`MetricsLog`): to RUN/metrics.jsonl, the record
+Rank 0 writes every logged row (`MetricsLog`) to RUN/metrics.jsonl, the record
 the figures, summaries and benchmarks read, and to TensorBoard event files under
 RUN/tensorboard (`tensorboard --logdir RUN`), each number a scalar by its name against
-the step. A restarted attempt drops what it will redo from both. On the driver,
-`follow` hands each new row to a callback while training runs (the CLI's progress bar).
+the step; with `--mlflow URI` also to an MLflow run (experiment "eomae", named after the
+run; the `mlflow` package is optional). A restarted attempt drops what it will redo from
+the file and TensorBoard. On the driver, `follow` hands each new row to a callback while
+training runs (the CLI's progress bar).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ TENSORBOARD = "tensorboard"
 class MetricsLog:
     """Rank 0's writer of metric rows, resuming after `step` (0: a fresh run)."""
 
-    def __init__(self, run_dir: Path, step: int) -> None:
+    def __init__(self, run_dir: Path, step: int, mlflow_uri: str | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = run_dir / METRICS
@@ -35,6 +37,7 @@ class MetricsLog:
             tmp.replace(self.path)  # a new file: `follow` sees the rewind by its inode
         # purge_step hides events at or after it that an earlier attempt wrote
         self.board = SummaryWriter(str(run_dir / TENSORBOARD), purge_step=step + 1)
+        self.mlflow = _mlflow_run(run_dir, mlflow_uri) if mlflow_uri else None
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         """Append rows to the metrics file and to TensorBoard."""
@@ -45,11 +48,35 @@ class MetricsLog:
             for key, value in row.items():
                 if key != "step" and isinstance(value, int | float):
                     self.board.add_scalar(key, value, row["step"])
+            if self.mlflow is not None:  # MLflow keys allow "/", as ours have
+                numbers = {k: float(v) for k, v in row.items()
+                           if k != "step" and isinstance(v, int | float)}  # fmt: skip
+                self.mlflow.log_metrics(numbers, step=row["step"])
         self.board.flush()
 
     def close(self) -> None:
-        """Flush and close the event file."""
+        """Flush and close the event file (and the MLflow run)."""
         self.board.close()
+        if self.mlflow is not None:
+            self.mlflow.end_run()
+
+
+MLFLOW_RUN = "mlflow_run_id"  # the run's MLflow run, continued by a restarted attempt
+
+
+def _mlflow_run(run_dir: Path, uri: str) -> Any:
+    """The `mlflow` module with this run's MLflow run started (or resumed after a restart)."""
+    import mlflow  # optional: PretrainConfig checks it is installed when asked for
+
+    mlflow.set_tracking_uri(uri)
+    known = run_dir / MLFLOW_RUN
+    if known.exists():
+        mlflow.start_run(run_id=known.read_text().strip())
+    else:
+        mlflow.set_experiment("eomae")
+        run = mlflow.start_run(run_name=run_dir.name)
+        known.write_text(run.info.run_id)
+    return mlflow
 
 
 def _step(line: str) -> float:

@@ -54,3 +54,38 @@ def test_tensorboard_holds_each_step_once_after_a_restart(tmp_path: Path) -> Non
     assert [e.step for e in board.Scalars("loss")] == list(range(1, 11))
     assert losses[6] == 0.5 and losses[3] == pytest.approx(1.0 / 3)
     assert "total_steps" in board.Tags()["scalars"]
+
+
+def test_metrics_go_to_an_mlflow_run_that_a_restart_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow is optional (not installed here): a stand-in module records the calls."""
+    import sys
+    import types
+
+    calls: list[tuple] = []
+    fake = types.ModuleType("mlflow")
+    fake.set_tracking_uri = lambda uri: calls.append(("uri", uri))  # type: ignore[attr-defined]
+    fake.set_experiment = lambda name: calls.append(("experiment", name))  # type: ignore[attr-defined]
+
+    def start_run(run_name: str | None = None, run_id: str | None = None) -> Any:
+        calls.append(("start", run_name, run_id))
+        return types.SimpleNamespace(info=types.SimpleNamespace(run_id="r1"))
+
+    fake.start_run = start_run  # type: ignore[attr-defined]
+    fake.log_metrics = lambda m, step: calls.append(("log", step, m))  # type: ignore[attr-defined]
+    fake.end_run = lambda: calls.append(("end",))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+
+    log = MetricsLog(tmp_path, 0, "file:///tmp/mlruns")
+    log.write(rows(1, 2))
+    log.close()
+    log = MetricsLog(tmp_path, 1, "file:///tmp/mlruns")  # restarted from step 1
+    log.write(rows(2, 2))
+    log.close()
+    assert calls[:3] == [("uri", "file:///tmp/mlruns"), ("experiment", "eomae"),
+                         ("start", tmp_path.name, None)]  # fmt: skip
+    logged = [(c[1], c[2]["loss"]) for c in calls if c[0] == "log"]
+    assert logged == [(1, 1.0), (2, 0.5), (2, 0.5)] and "step" not in calls[3][2]
+    assert ("start", None, "r1") in calls  # the same MLflow run continues
+    assert calls.count(("end",)) == 2
