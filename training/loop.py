@@ -223,7 +223,7 @@ def train_loop(config: dict[str, Any]) -> None:
             row = {
                 "step": step, "epoch": epoch, "loss": loss.detach(),  # numbers when logged
                 **{f"loss/{k}": v.detach() for k, v in parts.items()},
-                "total_steps": total, "lr": schedule.get_last_lr()[0],
+                "total_steps": total, "world": world, "lr": schedule.get_last_lr()[0],
                 "samples_per_s": samples / (now - t_last),
                 "tokens_per_s": samples * tokens / (now - t_last),
                 "skipped": batch["skipped"],
