@@ -98,11 +98,16 @@ def _table(rows: list[Row]) -> tuple[list[Config], list[str], dict[tuple[Config,
         key=lambda c: (protocols.index(c[0]), inputs.index(c[1]), -c[2]),  # full labels first
     )
     inits = _order([r["init"] for r in rows], INITS)
+    return configs, inits, {k: float(np.mean(v)) for k, v in _cell_values(rows).items()}
+
+
+def _cell_values(rows: list[Row]) -> dict[tuple[Config, str], list[float]]:
+    """The headline of every row of each table cell (one per seed)."""
     values: dict[tuple[Config, str], list[float]] = {}
     for r in rows:
         cell = ((r["protocol"], r["inputs"], float(r["label_fraction"])), r["init"])
         values.setdefault(cell, []).append(headline(r))
-    return configs, inits, {k: float(np.mean(v)) for k, v in values.items()}
+    return values
 
 
 def _cell(value: float | None, best: float | None, std: float | None = None) -> str:
@@ -136,11 +141,7 @@ def _markdown_table(rows: list[Row]) -> list[str]:
 
 def _spread(rows: list[Row]) -> dict[tuple[Config, str], float]:
     """The std over seeds of each cell's headline, where a cell has several seeds."""
-    values: dict[tuple[Config, str], list[float]] = {}
-    for r in rows:
-        cell = ((r["protocol"], r["inputs"], float(r["label_fraction"])), r["init"])
-        values.setdefault(cell, []).append(headline(r))
-    return {k: float(np.std(v, ddof=1)) for k, v in values.items() if len(v) > 1}
+    return {k: float(np.std(v, ddof=1)) for k, v in _cell_values(rows).items() if len(v) > 1}
 
 
 def _intervals(rows: list[Row]) -> list[str]:

@@ -76,14 +76,17 @@ class TrainBenchConfig(PretrainConfig):
     )  # fmt: skip
 
 
-def peak_tflops(cfg: TrainBenchConfig, device: torch.device) -> float:
-    """The peak MFU divides by: the config's, a known GPU's bf16 peak, else 0 (unknown)."""
-    if cfg.peak_tflops is not None:
-        return cfg.peak_tflops
+def known_peak_tflops(device: torch.device) -> float:
+    """The dense bf16 peak of a known GPU, else 0 (unknown; every CPU)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
     return 0.0
+
+
+def peak_tflops(cfg: TrainBenchConfig, device: torch.device) -> float:
+    """The peak MFU divides by: the config's, a known GPU's bf16 peak, else 0 (unknown)."""
+    return cfg.peak_tflops if cfg.peak_tflops is not None else known_peak_tflops(device)
 
 
 def step_flops(model: nn.Module, batch: dict[str, Any], cfg: PretrainConfig,

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from training.bench import PEAK_BF16_TFLOPS, step_flops
+from training.bench import known_peak_tflops, step_flops
 from training.config import ModelConfig, PretrainConfig
 from training.loop import param_groups
 from training.multimae import MultiMAE
@@ -87,10 +87,7 @@ def check(
     model_s = _timed(model_only, steps, device)
     flops = step_flops(model, batch, cfg, device)
     samples_per_s = cfg.batch_size / step_s
-    peak = 0.0
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
+    peak = known_peak_tflops(device)
     tflops = flops * samples_per_s / 1e12
     return {
         "compile": compile, "size": cfg.model.size, "batch": cfg.batch_size,

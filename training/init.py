@@ -60,6 +60,7 @@ from training.export import ENCODER_PREFIXES, FORMAT, CheckpointError, latest_ch
 from training.multimae import MultiMAE
 from training.published import L1C
 from training.released import is_released, load_released
+from training.vit import fold_layer_scale, split_qkv
 
 Report = dict[str, list[str]]
 RGB = ("B04", "B03", "B02")  # the source's channel order: red, green, blue
@@ -229,19 +230,18 @@ def _map_blocks(state: dict[str, Tensor], out: _Mapping) -> list[str]:
                 out.put(f"encoder.{n}.{name}", src[name], f"blocks.{n}.{name}")
         for kind in ("weight", "bias"):
             qkv = src.get(f"attn.qkv.{kind}")
-            if qkv is not None:  # rows q, k, v (timm, DINOv2); our kv is k then v
-                dim, key = qkv.shape[0] // 3, f"blocks.{n}.attn.qkv.{kind}"
-                out.put(f"encoder.{n}.attn.q.{kind}", qkv[:dim], key)
-                out.put(f"encoder.{n}.attn.kv.{kind}", qkv[dim:], key)
+            if qkv is not None:
+                q, kv = split_qkv(qkv)
+                out.put(f"encoder.{n}.attn.q.{kind}", q, f"blocks.{n}.attn.qkv.{kind}")
+                out.put(f"encoder.{n}.attn.kv.{kind}", kv, f"blocks.{n}.attn.qkv.{kind}")
         for ls, layer in (("ls1.gamma", "attn.proj"), ("ls2.gamma", "mlp.fc2")):
-            if ls in src and f"{layer}.weight" in src:  # x + g (W h + b) = x + (g W) h + g b
-                gamma, how = src[ls], f"x blocks.{n}.{ls}: LayerScale folded in"
-                for kind, scale in (("weight", gamma[:, None]), ("bias", gamma)):
-                    if f"{layer}.{kind}" in src:
-                        value = scale * src[f"{layer}.{kind}"]
-                        out.put(
-                            f"encoder.{n}.{layer}.{kind}", value, f"blocks.{n}.{layer}.{kind}", how
-                        )
+            if ls in src and f"{layer}.weight" in src:
+                how = f"x blocks.{n}.{ls}: LayerScale folded in"
+                folded = fold_layer_scale(src[ls], src[f"{layer}.weight"], src.get(f"{layer}.bias"))
+                for kind, value in zip(("weight", "bias"), folded, strict=True):
+                    if value is not None:
+                        key = f"{layer}.{kind}"
+                        out.put(f"encoder.{n}.{key}", value, f"blocks.{n}.{key}", how)
         known = {*BLOCK_SAME, "attn.qkv.weight", "attn.qkv.bias", "ls1.gamma", "ls2.gamma"}
         unused += [f"blocks.{n}.{name}" for name in src if name not in known]
     return unused

@@ -40,8 +40,9 @@ from torch import Tensor, nn
 from shards.modalities import S2
 from training import checkpoint
 from training.checkpoint import CheckpointError
+from training.export import load_state_checked
 from training.modalities import PRESETS, ModelModality
-from training.vit import Block, init_weights
+from training.vit import Block, fold_layer_scale, init_weights, split_qkv
 
 L1C = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 # SSL4EO-S12's band statistics (zhu-xlab/SSL4EO-S12, ssl4eo_dataset_lmdb.py 14-16): L2A, 12
@@ -198,16 +199,16 @@ def convert(state: dict[str, Tensor], family: Family, what: str) -> dict[str, Te
             continue
         if ".attn.qkv." in key:
             prefix, kind = key.rsplit(".qkv.", 1)
-            d = value.shape[0] // 3
-            out[f"{prefix}.q.{kind}"], out[f"{prefix}.kv.{kind}"] = value[:d], value[d:]
+            out[f"{prefix}.q.{kind}"], out[f"{prefix}.kv.{kind}"] = split_qkv(value)
         else:
             out[key] = value
     for key in [k for k in state if k.endswith((".ls1.gamma", ".ls2.gamma"))]:
-        block, which = key.rsplit(".", 2)[0], key.split(".")[-2]  # x + g (W h + b)
-        layer = "attn.proj" if which == "ls1" else "mlp.fc2"
-        gamma = state[key]
-        out[f"{block}.{layer}.weight"] = gamma[:, None] * state[f"{block}.{layer}.weight"]
-        out[f"{block}.{layer}.bias"] = gamma * state[f"{block}.{layer}.bias"]
+        block, which = key.rsplit(".", 2)[0], key.split(".")[-2]
+        layer = f"{block}.{'attn.proj' if which == 'ls1' else 'mlp.fc2'}"
+        weight, bias = fold_layer_scale(state[key], state[f"{layer}.weight"],
+                                        state[f"{layer}.bias"])  # fmt: skip
+        assert bias is not None  # the published ViTs' layers have biases
+        out[f"{layer}.weight"], out[f"{layer}.bias"] = weight, bias
     return out
 
 
@@ -217,12 +218,5 @@ def load_published(name: str, path: Path) -> PublishedViT:
     state = convert(_backbone(checkpoint.read(path, weights_only=True), family, str(path)),
                     family, str(path))  # fmt: skip
     model = PublishedViT(name, family)
-    own = model.state_dict()
-    problems = [f"{k}: {tuple(v.shape)} in {path}, {name} has {tuple(own[k].shape)}"
-                for k, v in state.items() if k in own and own[k].shape != v.shape]  # fmt: skip
-    problems += [f"missing in {path}: {k}" for k in own if k not in state]
-    problems += [f"not in {name}: {k}" for k in state if k not in own]
-    if problems:
-        raise CheckpointError(f"{path} is not a {name}:\n  " + "\n  ".join(problems[:20]))
-    model.load_state_dict(state)
+    load_state_checked(model, state, f"{path} (as {name})")
     return model.eval()

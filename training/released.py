@@ -27,6 +27,7 @@ from torch import Tensor
 from training.adapters_eo import fixed_table
 from training.checkpoint import CheckpointError
 from training.multimae import NORM_RGB, MultiMAE
+from training.vit import split_qkv
 
 # Their input/output names -> the bands they hold (S2, in their channel order) or our name.
 BANDS = {
@@ -59,14 +60,6 @@ def _names(model: MultiMAE) -> tuple[dict[str, str], dict[str, list[int]]]:
     return ours, order
 
 
-def _split_qkv(key: str, value: Tensor, out: dict[str, Tensor]) -> None:
-    """A fused `...attn.qkv.{weight,bias}` as our `...attn.q` and `...attn.kv`."""
-    d = value.shape[0] // 3
-    prefix, kind = key.rsplit(".qkv.", 1)
-    out[f"{prefix}.q.{kind}"] = value[:d]
-    out[f"{prefix}.kv.{kind}"] = value[d:]
-
-
 def convert(model: MultiMAE, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
     """Their state dict as ours for `model`; and the keys of theirs left out, with why."""
     ours, order = _names(model)
@@ -94,8 +87,9 @@ def convert(model: MultiMAE, state: dict[str, Tensor]) -> tuple[dict[str, Tensor
             if theirs in order and rest.startswith("out_proj.") and part == "output_adapters":
                 value = _reorder_channels(value, order[theirs])
             key = f"{part}.{ours[theirs]}.{rest}"
-        if ".qkv." in key:
-            _split_qkv(key, value, out)
+        if ".qkv." in key:  # fused: our q and kv
+            prefix, kind = key.rsplit(".qkv.", 1)
+            out[f"{prefix}.q.{kind}"], out[f"{prefix}.kv.{kind}"] = split_qkv(value)
         else:
             out[key] = value
     return out, left

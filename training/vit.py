@@ -95,6 +95,22 @@ class CrossBlock(nn.Module):
         return q + self.mlp(self.norm2(q))
 
 
+def split_qkv(qkv: Tensor) -> tuple[Tensor, Tensor]:
+    """A fused qkv weight or bias as `Attention`'s q and kv (k then v).
+
+    Rows q | k | v, as timm, DINOv2 and the reference MultiMAE store them.
+    """
+    d = qkv.shape[0] // 3
+    return qkv[:d], qkv[d:]
+
+
+def fold_layer_scale(
+    gamma: Tensor, weight: Tensor, bias: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """LayerScale folded into the layer before it: x + g (W h + b) = x + (g W) h + g b."""
+    return gamma[:, None] * weight, None if bias is None else gamma * bias
+
+
 def init_weights(module: nn.Module) -> None:
     """Xavier-uniform linears with zero bias, unit LayerNorms (MAE's initialisation)."""
     if isinstance(module, nn.Linear):
