@@ -16,13 +16,16 @@ function takes predictions it also takes logits, with the class axis at dimensio
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score
 
 HEADLINE = {"scene": "accuracy", "multilabel": "mAP_micro", "segmentation": "mIoU"}
+# What a class without positives counts in macro mAP (multilabel_map); "zero" first.
+EmptyClasses = Literal["zero", "skip"]
+EMPTY_CLASSES: tuple[EmptyClasses, ...] = get_args(EmptyClasses)
 IGNORE_INDEX = -100  # torch's cross-entropy default, as the benchmark readers use
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -44,26 +47,34 @@ def _labels(logits_or_pred: ArrayLike, target: np.ndarray) -> np.ndarray:
     return x.astype(np.int64)
 
 
-def multilabel_map(scores: ArrayLike, targets: ArrayLike) -> dict[str, Any]:
+def multilabel_map(
+    scores: ArrayLike, targets: ArrayLike, empty: EmptyClasses = "zero"
+) -> dict[str, Any]:
     """Average precision of (N, K) scores against (N, K) 0/1 targets, BigEarthNet style.
 
-    "mAP_micro" pools every (sample, class) pair into one ranking; "mAP_macro" is the mean
-    of the per-class APs over the classes with at least one positive in `targets` only
-    ("classes_scored" of them): AP is undefined without positives, and counting such a
-    class as 0 would punish a test split for lacking it. "per_class_ap" holds NaN for the
-    classes left out. Scores may be logits or probabilities (AP depends only on the order).
+    "mAP_micro" pools every (sample, class) pair into one ranking. "mAP_macro" is the mean
+    of the per-class APs; AP is undefined for a class with no positive in `targets`, and
+    `empty` says what such a class counts: "zero" scores it 0 and keeps it in the mean (what
+    scikit-learn's and torchmetrics' macro AP do, and so the benchmarks' reference code),
+    "skip" leaves it out ("per_class_ap" then holds NaN for it), so a test split that lacks
+    a class is not punished for it. "classes_scored" counts the classes with positives.
+    Scores may be logits or probabilities (AP depends only on the order).
     """
+    if empty not in EMPTY_CLASSES:
+        raise ValueError(f"empty={empty!r}: one of {EMPTY_CLASSES}")
     s, t = _numpy(scores).astype(np.float64), _numpy(targets).astype(np.int64)
     if s.ndim != 2 or s.shape != t.shape:
         raise ValueError(f"scores {s.shape} and targets {t.shape} must both be (N, K)")
     scored = t.sum(axis=0) > 0  # (K,)
-    per_class = np.full(s.shape[1], np.nan)
+    per_class = np.full(s.shape[1], np.nan if empty == "skip" else 0.0)
     for k in np.flatnonzero(scored):
         per_class[k] = average_precision_score(t[:, k], s[:, k])
+    counted = scored if empty == "skip" else np.ones_like(scored)
     micro = average_precision_score(t, s, average="micro") if scored.any() else np.nan
     return {
         "mAP_micro": float(micro),
-        "mAP_macro": float(per_class[scored].mean()) if scored.any() else float("nan"),
+        "mAP_macro": float(per_class[counted].mean()) if scored.any() else float("nan"),
+        "empty_classes": empty,
         "classes_scored": int(scored.sum()),
         "per_class_ap": per_class.tolist(),
     }
@@ -103,9 +114,11 @@ def scene_scores(
     return {"accuracy": accuracy(p, t), "confusion": confusion_matrix(p, t, k)}
 
 
-def multilabel_scores(scores: ArrayLike, targets: ArrayLike) -> dict[str, Any]:
+def multilabel_scores(
+    scores: ArrayLike, targets: ArrayLike, empty: EmptyClasses = "zero"
+) -> dict[str, Any]:
     """The multi-label scores of an evaluation: those of `multilabel_map`."""
-    return multilabel_map(scores, targets)
+    return multilabel_map(scores, targets, empty)
 
 
 def scores_from_confusion(confusion: np.ndarray) -> dict[str, Any]:

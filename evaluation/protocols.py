@@ -161,7 +161,9 @@ def linear_probe(
                         train.labels, kind, cfg)  # fmt: skip
         with torch.no_grad():
             return head(test_patches).argmax(dim=1)
-    mean, std = train_pooled.mean(dim=0), train_pooled.std(dim=0).clamp_min(1e-6)
+    # A label fraction may leave one training sample: its spread is 0, not NaN.
+    spread = train_pooled.std(dim=0) if len(train_pooled) > 1 else torch.zeros(encoder.dim)
+    mean, std = train_pooled.mean(dim=0), spread.clamp_min(1e-6)
     head = fit_head(nn.Linear(encoder.dim, classes), (train_pooled - mean) / std,
                     train.labels, kind, cfg)  # fmt: skip
     with torch.no_grad():

@@ -356,6 +356,17 @@ def _context_table(context: dict[str, Any]) -> list[str]:
     return lines + [f"| {k} | {str(v).replace('|', '/')} |" for k, v in scalars.items()]
 
 
+def _empty_classes_line(row: Row) -> list[str]:
+    """How macro mAP counted the classes the test split has no positive of."""
+    metrics = row["metrics"]
+    if "empty_classes" not in metrics:
+        return []
+    scored, total = metrics["classes_scored"], len(metrics["per_class_ap"])
+    rule = {"zero": "count 0 in", "skip": "are left out of"}[metrics["empty_classes"]]
+    return [f"Macro mAP (--empty-classes {metrics['empty_classes']}): classes with no positive "
+            f"in the test split {rule} the mean; {scored} of {total} classes have one.", ""]
+
+
 def write_report(rows: list[Row], out_dir: Path, title: str, context: dict[str, Any]) -> Path:
     """Write report.md, results.json and plots/*.png under out_dir; return report.md's path.
 
@@ -374,6 +385,7 @@ def write_report(rows: list[Row], out_dir: Path, title: str, context: dict[str, 
         lines += [f"{group_rows[0]['kind']}, headline metric: {group_rows[0]['headline']}", ""]
         if group_rows[0].get("split"):
             lines += [f"Split: {group_rows[0]['split']}.", ""]
+        lines += _empty_classes_line(group_rows[0])
         lines += [*_markdown_table(group_rows), ""]
         for path in _figures(group, group_rows, plots, context):
             lines += [f"![{path.stem}]({path.relative_to(out_dir).as_posix()})", ""]

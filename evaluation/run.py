@@ -38,6 +38,7 @@ from evaluation.data import (
 from evaluation.leaderboard import write_leaderboard_csv
 from evaluation.metrics import (
     HEADLINE,
+    EmptyClasses,
     bootstrap_interval,
     multilabel_scores,
     scene_scores,
@@ -114,6 +115,12 @@ class EvalConfig(BaseModel):
         ge=0,
         description="Resamples of the test set for the headline's 95 % interval "
         "(of the mean over seeds); 0: none.",
+    )
+    empty_classes: EmptyClasses | None = Field(
+        None,
+        description="Macro mAP: a class with no positive in the test split counts 0 ('zero', "
+        "as scikit-learn and torchmetrics, so the benchmarks' reference code) or is left "
+        "out ('skip'). Default: the benchmark's convention (zero); on the shard set, skip.",
     )
     name: str | None = Field(None, description="Report name (default: a timestamp).")
     use_ray: bool = Field(False, description="One Ray task per (task, protocol, inputs).")
@@ -232,10 +239,12 @@ def label_subset(split: Split, fraction: float, seed: int) -> Split:
     return split.subset(order[:n])
 
 
-def score(kind: Task, output: Tensor, labels: Tensor, classes: int) -> dict[str, Any]:
-    """Metrics of the test predictions."""
+def score(
+    kind: Task, output: Tensor, labels: Tensor, classes: int, empty: EmptyClasses = "zero"
+) -> dict[str, Any]:
+    """Metrics of the test predictions (`empty`: see `evaluation.metrics.multilabel_map`)."""
     if kind == "multilabel":
-        return multilabel_scores(output.numpy(), labels.numpy())
+        return multilabel_scores(output.numpy(), labels.numpy(), empty)
     if kind == "scene":
         return scene_scores(output.numpy(), labels.numpy(), classes)
     return segmentation_scores(output.numpy(), labels.numpy(), classes)
@@ -271,6 +280,7 @@ def evaluate_group(
         probe = probe.model_copy(update={"pool": trained_pool(objective)})
     rows = []
     seg = spec.kind == "segmentation"
+    empty = cfg.empty_classes or spec.empty_classes
     for init in cfg.inits:
         for fraction in cfg.label_fractions:
             train_part = label_subset(train, fraction, cfg.probe.seed)  # the same for all seeds
@@ -293,7 +303,7 @@ def evaluate_group(
                     "inputs": subset,
                     "init": "supervised" if init == "random" and protocol == "finetune" else init,
                     "label_fraction": fraction, "headline": HEADLINE[spec.kind], "seed": seed,
-                    "metrics": score(spec.kind, output, test.labels, len(spec.classes)),
+                    "metrics": score(spec.kind, output, test.labels, len(spec.classes), empty),
                     "classes": list(spec.classes), "pool": probe.pool,
                     "knn_k": probe.knn_k if protocol == "knn" else None,
                     "samples": {"train": len(train_part), "test": len(test),
@@ -307,7 +317,7 @@ def evaluate_group(
             if cfg.bootstrap:
                 interval = bootstrap_interval(
                     lambda out, idx: score(spec.kind, out[idx], test.labels[idx],
-                                           len(spec.classes))[HEADLINE[spec.kind]],
+                                           len(spec.classes), empty)[HEADLINE[spec.kind]],
                     outputs, len(test), cfg.bootstrap, probe.seed,
                 )  # fmt: skip
                 for row in group_rows:

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from evaluation.metrics import EmptyClasses
+
 Task = Literal["scene", "multilabel", "segmentation"]
 SPLITS = ("train", "val", "test")
 IGNORE = -100  # segmentation label of unlabelled pixels (torch's cross-entropy default)
@@ -52,6 +54,9 @@ class Benchmark:
     splits: dict[str, SampleSource] = field(default_factory=dict)
     metric: str = ""  # the papers' headline metric, e.g. "mAP (micro)" or "accuracy"
     split_source: str = "the benchmark's official splits"  # said in every report
+    # Macro mAP of a class with no positive in the test split: 0, as the benchmarks'
+    # reference code scores it (scikit-learn's and torchmetrics' average precision).
+    empty_classes: EmptyClasses = "zero"
 
     def split(self, name: str) -> SampleSource:
         """One split's samples; BenchmarkError naming the splits there are."""

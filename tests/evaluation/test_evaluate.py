@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from fixtures import bigearthnet as bigearthnet_fixture
 from fixtures import eurosat as eurosat_fixture
 from fixtures import geobench as geobench_fixture
 from fixtures.published import vit_state
@@ -145,6 +146,8 @@ def test_sample_world_every_task_protocol_subset_and_baseline(
     report = Path(summary["report"])
     text = report.read_text()
     assert "shards · segmentation" in text and "supervised" in text
+    # our small spatial test split may lack a land-cover class: out of macro mAP, said so
+    assert "Macro mAP (--empty-classes skip): classes with no positive" in text
     assert (report.parent / "results.json").exists()
     assert len(list((report.parent / "plots").glob("*.png"))) >= 7
     print(text)  # the numbers, for the record (pytest -s)
@@ -202,24 +205,37 @@ def test_damaged_shards_are_reported_and_a_damaged_test_split_refused(
         run_evaluation(cfg.model_copy(update={"name": "damaged-test"}))
 
 
+PRESET_DATA = {"softcon-eurosat": ("97.1", "98.0", lambda root: eurosat_fixture.make(root, per_class=6)),
+               "softcon-bigearthnet-10": ("85.0", "86.8", bigearthnet_fixture.make)}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", list(PRESET_DATA))
 def test_a_published_protocol_runs_on_a_published_encoder_and_names_its_numbers(
-    tmp_path: Path,
+    tmp_path: Path, preset: str
 ) -> None:
-    """--preset softcon-eurosat with SoftCon's ViT-S/14 layout (random weights) end to end."""
+    """Each SoftCon preset with SoftCon's ViT-S/14 layout (random weights), end to end."""
+    small, base, make = PRESET_DATA[preset]
     torch.save(vit_state(384, 14, 16, layer_scale=True), tmp_path / "B13_vits14_softcon.pth")
-    data = eurosat_fixture.make(tmp_path / "eurosat", per_class=6)
+    data = make(tmp_path / "data")
     encoder = f"softcon-vits14:{tmp_path / 'B13_vits14_softcon.pth'}"
     args = ["evaluate", "--run-dir", str(tmp_path), "--encoder", encoder, "--preset",
-            "softcon-eurosat", "--data", str(data), "--name", "softcon",
+            preset, "--data", str(data), "--name", "softcon",
             "--probe.linear-epochs", "5"]  # fmt: skip
     assert main(args) == 0
     out = tmp_path / "evaluation" / "softcon"
     rows = json.loads((out / "results.json").read_text())["rows"]
+    fraction = 0.1 if preset == "softcon-bigearthnet-10" else 1.0
     assert {(r["protocol"], r["init"], r["label_fraction"]) for r in rows} == {
-        ("linear", "pretrained", 1.0)
+        ("linear", "pretrained", fraction)
     }
     assert rows[0]["pool"] == "mean"  # SoftCon's own: mean of the patch tokens
     report = (out / "report.md").read_text()
-    assert "| preset | softcon-eurosat |" in report
-    assert "softcon-vits14 97.1, softcon-vitb14 98.0" in report
-    assert "for this encoder (softcon-vits14): 97.1" in report
+    assert f"| preset | {preset} |" in report
+    assert f"softcon-vits14 {small}, softcon-vitb14 {base}" in report
+    assert f"for this encoder (softcon-vits14): {small}" in report
+    if preset == "softcon-bigearthnet-10":  # BigEarthNet's reference code: absent class = 0
+        metrics = rows[0]["metrics"]
+        assert metrics["empty_classes"] == "zero"
+        assert "Macro mAP (--empty-classes zero): classes with no positive" in report
+        ap = np.array(metrics["per_class_ap"], dtype=float)
+        assert metrics["mAP_macro"] == pytest.approx(ap.mean())

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import average_precision_score
 
 from evaluation.metrics import (
     HEADLINE,
@@ -33,18 +34,37 @@ TARGETS = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
 
 def test_multilabel_map_by_hand() -> None:
     # Class 0 ranks P N P N: AP = 1/2 * 1 + 1/2 * 2/3 = 5/6. Class 1 ranks its one positive
-    # first: AP = 1. Class 2 has no positive: NaN and out of the macro mean.
+    # first: AP = 1. Class 2 has no positive: 0 in the macro mean, or out of it ("skip").
     # Pooled (micro), descending: .95N .9P .8N .7P .65N .6N .4N .35N .3P ... -> positives at
     # ranks 2, 4, 9: AP = (1/2 + 2/4 + 3/9) / 3 = 4/9.
     m = multilabel_map(SCORES, TARGETS)
     assert m["mAP_micro"] == pytest.approx(4 / 9)
-    assert m["mAP_macro"] == pytest.approx((5 / 6 + 1) / 2)
-    assert m["classes_scored"] == 2
-    assert m["per_class_ap"][:2] == pytest.approx([5 / 6, 1.0])
-    assert math.isnan(m["per_class_ap"][2])
-    from_torch = multilabel_scores(torch.tensor(SCORES), torch.tensor(TARGETS))
+    assert m["mAP_macro"] == pytest.approx((5 / 6 + 1 + 0) / 3)
+    assert m["classes_scored"] == 2 and m["empty_classes"] == "zero"
+    assert m["per_class_ap"] == pytest.approx([5 / 6, 1.0, 0.0])
+    skip = multilabel_map(SCORES, TARGETS, empty="skip")
+    assert skip["mAP_macro"] == pytest.approx((5 / 6 + 1) / 2)
+    assert skip["mAP_micro"] == m["mAP_micro"]  # micro pools pairs: no class is left out
+    assert skip["per_class_ap"][:2] == pytest.approx([5 / 6, 1.0])
+    assert math.isnan(skip["per_class_ap"][2])
+    from_torch = multilabel_scores(torch.tensor(SCORES), torch.tensor(TARGETS), "skip")
     assert from_torch["mAP_micro"] == pytest.approx(4 / 9)
-    assert from_torch["per_class_ap"] == pytest.approx(m["per_class_ap"], nan_ok=True)
+    assert from_torch["per_class_ap"] == pytest.approx(skip["per_class_ap"], nan_ok=True)
+    with pytest.raises(ValueError, match="empty='drop'"):
+        multilabel_map(SCORES, TARGETS, empty="drop")  # type: ignore[arg-type]
+
+
+@pytest.mark.filterwarnings("ignore:No positive class found")
+def test_zero_convention_is_scikit_learns_macro_average_precision() -> None:
+    # torchmetrics' MultilabelAveragePrecision(average="macro") scores a class without
+    # positives 0 as well (checked with torchmetrics 1.9 by hand; it is not a dependency).
+    rng = np.random.default_rng(0)
+    scores, targets = rng.random((60, 5)), (rng.random((60, 5)) < 0.3).astype(int)
+    targets[:, [1, 4]] = 0
+    m = multilabel_map(scores, targets)
+    assert m["mAP_macro"] == pytest.approx(average_precision_score(targets, scores, average="macro"))
+    assert m["mAP_micro"] == pytest.approx(average_precision_score(targets, scores, average="micro"))
+    assert m["classes_scored"] == 3
 
 
 def test_multilabel_map_without_positives_is_nan() -> None:
