@@ -363,8 +363,11 @@ def _empty_classes_line(row: Row) -> list[str]:
         return []
     scored, total = metrics["classes_scored"], len(metrics["per_class_ap"])
     rule = {"zero": "count 0 in", "skip": "are left out of"}[metrics["empty_classes"]]
-    return [f"Macro mAP (--empty-classes {metrics['empty_classes']}): classes with no positive "
-            f"in the test split {rule} the mean; {scored} of {total} classes have one.", ""]
+    return [
+        f"Macro mAP (--empty-classes {metrics['empty_classes']}): classes with no positive "
+        f"in the test split {rule} the mean; {scored} of {total} classes have one.",
+        "",
+    ]
 
 
 def write_report(rows: list[Row], out_dir: Path, title: str, context: dict[str, Any]) -> Path:
