@@ -53,10 +53,11 @@ class ProbeConfig(BaseModel):
     encoder_lr_scale: float = Field(0.1, gt=0, description="Encoder lr = finetune_lr x this.")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay.")
     seed: int = Field(0, description="Seed of heads, batches and augmentation.")
-    pool: Literal["auto", "mean", "global"] = Field(
+    pool: Literal["auto", "mean", "global", "last4"] = Field(
         "auto",
-        description="Frozen features: mean of patch tokens, or the global token "
-        "(auto: global for SoftCon and combined encoders, which train it; mean otherwise).",
+        description="Frozen features: mean of patch tokens, the global token, or (published "
+        "ViTs) DINOv2's 4-layer linear input; auto: a published model's own, global for "
+        "SoftCon and combined encoders, which train it, mean otherwise.",
     )
 
 
@@ -85,12 +86,18 @@ def encode(
     """Pooled features (N, D), and with `patches` the patch tokens (N, g*g, D).
 
     The patch tokens are averaged over modalities; segmentation needs them, the others do
-    not, and they are g*g times larger. `pool`: "mean" of the patch tokens, or "global".
+    not, and they are g*g times larger. `pool`: "mean" of the patch tokens, "global", or
+    "last4" (published ViTs only: `training.published.PublishedViT.features`, (N, 5D)).
     """
+    if pool == "last4" and not isinstance(encoder, PublishedViT):
+        raise ValueError("pool 'last4' (DINOv2's 4-layer input) is for published ViTs only")
     encoder.eval()
     pooled, grids = [], []
     for index in _batches(len(split), batch_size):  # only features are kept
         inputs, _ = _take(split, index, modalities)
+        if pool == "last4" and not patches:
+            pooled.append(encoder.features(inputs, pool))
+            continue
         encoded = encoder.encode(inputs)  # (B, 1 + M*g*g, D)
         tokens = encoded[:, 1:]
         pooled.append(encoded[:, 0] if pool == "global" else tokens.mean(dim=1))
@@ -162,9 +169,9 @@ def linear_probe(
         with torch.no_grad():
             return head(test_patches).argmax(dim=1)
     # A label fraction may leave one training sample: its spread is 0, not NaN.
-    spread = train_pooled.std(dim=0) if len(train_pooled) > 1 else torch.zeros(encoder.dim)
+    spread = train_pooled.std(dim=0) if len(train_pooled) > 1 else torch.zeros_like(train_pooled[0])
     mean, std = train_pooled.mean(dim=0), spread.clamp_min(1e-6)
-    head = fit_head(nn.Linear(encoder.dim, classes), (train_pooled - mean) / std,
+    head = fit_head(nn.Linear(train_pooled.shape[1], classes), (train_pooled - mean) / std,
                     train.labels, kind, cfg)  # fmt: skip
     with torch.no_grad():
         return head((test_pooled - mean) / std)

@@ -10,8 +10,9 @@ Families (`FAMILIES`; `eomae evaluate --encoder NAME:PATH`):
                        (LayerScale, no registers), patch 14, 224 px, 13 L1C bands; inputs
                        per band clamp((DN - (m - 2 s)) / 4 s, 0, 1) with SSL4EO-S12's
                        statistics (the L2A ones for our 12-band L2A input: Copernicus-Bench,
-                       the same author's evaluation); features: the mean of the final-normed
-                       patch tokens (Copernicus-Bench's probe).
+                       the same author's evaluation); features: ViT-S the mean of the
+                       final-normed patch tokens (Copernicus-Bench's probe), ViT-B DINOv2's
+                       4-layer linear input (its README's protocol; `features`).
   ssl4eo-{moco,dino,mae}-vits16
                        SSL4EO-S12 (Wang et al. 2022): timm ViT-S/16, 224 px, 13 L1C bands,
                        inputs DN / 10000 (their uint8 step left out, values clipped to [0, 1]
@@ -64,7 +65,7 @@ class Family:
     heads: int
     patch: int
     normalise: str  # "two-sigma" (SoftCon) or "dn" (SSL4EO-S12)
-    pool: str  # "mean" of patch tokens or "global" (class token)
+    pool: str  # "mean" of patch tokens, "global" (class token) or "last4" (see `features`)
     prefixes: tuple[str, ...] = ()  # stripped from the released file's keys
     image: int = 224
     depth: int = 12
@@ -72,7 +73,7 @@ class Family:
 
 FAMILIES = {
     "softcon-vits14": Family(384, 6, 14, "two-sigma", "mean"),
-    "softcon-vitb14": Family(768, 12, 14, "two-sigma", "mean"),
+    "softcon-vitb14": Family(768, 12, 14, "two-sigma", "last4"),
     "ssl4eo-moco-vits16": Family(384, 6, 16, "dn", "global", ("module.base_encoder.",)),
     "ssl4eo-dino-vits16": Family(384, 6, 16, "dn", "global", ("module.", "backbone.")),
     "ssl4eo-mae-vits16": Family(384, 6, 16, "dn", "global"),
@@ -129,18 +130,36 @@ class PublishedViT(nn.Module):
 
     def encode(self, inputs: dict[str, Tensor]) -> Tensor:
         """Tokens (B, 1 + N, D) after the final norm, class token first."""
+        return self.encode_layers(inputs, 1)[-1]
+
+    def encode_layers(self, inputs: dict[str, Tensor], n: int) -> list[Tensor]:
+        """The tokens (B, 1 + N, D) of the last `n` blocks, each after the final norm."""
         if set(inputs) != {S2.name}:
             raise ValueError(f"{self.name} takes Sentinel-2 ({S2.name}) only, not {list(inputs)}")
         x = self.patch_embed(self.prepare(inputs[S2.name])).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        for block in self.blocks:
+        layers = []
+        for i, block in enumerate(self.blocks):
             x = block(x)
-        return self.norm(x)
+            if i >= len(self.blocks) - n:
+                layers.append(self.norm(x))
+        return layers
 
     def features(self, inputs: dict[str, Tensor], pool: str = "auto") -> Tensor:
-        """Pooled features (B, D): the family's own pooling unless `pool` says otherwise."""
-        x = self.encode(inputs)
+        """Frozen features for a probe: the family's own pooling unless `pool` says otherwise.
+
+        "mean" of the patch tokens (B, D); "global", the class token (B, D); "last4", DINOv2's
+        linear-evaluation input that SoftCon's ViT-B/14 numbers were measured with (its
+        README: "linear head with 4 output layers", DINOv2 appendix B.3): the class tokens
+        of the last 4 blocks and the mean of the last block's patch tokens, (B, 5D). DINOv2
+        also tries it without the patch mean; SoftCon's evaluation code is not released, so
+        which of the two the numbers used is our inference.
+        """
         pool = self.family.pool if pool == "auto" else pool
+        if pool == "last4":
+            layers = self.encode_layers(inputs, 4)
+            return torch.cat([x[:, 0] for x in layers] + [layers[-1][:, 1:].mean(dim=1)], dim=1)
+        x = self.encode(inputs)
         return x[:, 0] if pool == "global" else x[:, 1:].mean(dim=1)
 
 

@@ -28,6 +28,12 @@ L2A = [b for b in L1C if b != "B10"]
 
 def their_forward(s: dict[str, Tensor], x13: Tensor, patch: int, heads: int) -> Tensor:
     """DINOv2's / timm's ViT over its 13-band input (B, 13, 224, 224): tokens after norm."""
+    return their_layers(s, x13, patch, heads)[-1]
+
+
+def their_layers(s: dict[str, Tensor], x13: Tensor, patch: int, heads: int) -> list[Tensor]:
+    """Every block's tokens after the final norm (DINOv2's get_intermediate_layers, norm=True)."""
+    layers = []
     x = F.conv2d(x13, s["patch_embed.proj.weight"], s["patch_embed.proj.bias"], stride=patch)
     x = torch.cat([s["cls_token"].expand(x.shape[0], -1, -1), x.flatten(2).transpose(1, 2)], 1)
     x = x + s["pos_embed"]
@@ -45,7 +51,8 @@ def their_forward(s: dict[str, Tensor], x13: Tensor, patch: int, heads: int) -> 
         h = F.gelu(F.linear(h, s[f"{p}.mlp.fc1.weight"], s[f"{p}.mlp.fc1.bias"]))
         h = F.linear(h, s[f"{p}.mlp.fc2.weight"], s[f"{p}.mlp.fc2.bias"])
         x = x + (s[f"{p}.ls2.gamma"] * h if f"{p}.ls2.gamma" in s else h)
-    return F.layer_norm(x, (d,), s["norm.weight"], s["norm.bias"], eps=1e-6)
+        layers.append(F.layer_norm(x, (d,), s["norm.weight"], s["norm.bias"], eps=1e-6))
+    return layers
 
 
 def their_input(dn: Tensor, normalise: str) -> Tensor:
@@ -109,6 +116,26 @@ def test_published_features_equal_their_architecture(
         tokens = their_forward({k: v.double() for k, v in state.items()}, x13, patch, 6)
     theirs = tokens[:, 1:].mean(1) if softcon else tokens[:, 0]  # each family's own pooling
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_softcon_vitb_features_are_dinov2s_four_layer_linear_input(tmp_path: Path) -> None:
+    """SoftCon's ViT-B/14 numbers: DINOv2's linear input (class tokens of the last 4 blocks
+    and the mean patch token of the last), ViT-B's own dims (768, 12 heads)."""
+    state = vit_state(768, 14, 16, layer_scale=True)
+    torch.save(state, tmp_path / "B13_vitb14_softcon.pth")
+    encoder = load_published("softcon-vitb14", tmp_path / "B13_vitb14_softcon.pth").double()
+    dn, mean, std = reflectance()
+    encoder.input_stats = (mean, std)
+    z = (dn - mean[:, None, None]) / std[:, None, None]
+    with torch.no_grad():
+        ours = encoder.features({"s2": z})  # its own pooling: last4
+        layers = their_layers({k: v.double() for k, v in state.items()},
+                              their_input(dn, "two-sigma"), 14, 12)  # fmt: skip
+        mean_pool = encoder.features({"s2": z}, pool="mean")
+    theirs = torch.cat([x[:, 0] for x in layers[-4:]] + [layers[-1][:, 1:].mean(1)], dim=1)
+    assert ours.shape == (2, 5 * 768)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mean_pool, layers[-1][:, 1:].mean(1), atol=1e-5, rtol=1e-5)
 
 
 def test_sar_weights_and_wrong_shapes_are_refused_by_name(tmp_path: Path) -> None:
