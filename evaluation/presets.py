@@ -26,8 +26,9 @@ class Preset:
 SOFTCON = (
     "zhu-xlab/softcon README.md 18-27 (linear probing; ViT-B/14: a linear head on 4 output "
     "layers, DINOv2 appendix B.3: pool last4, that encoder's default); the paper's split, "
-    "class count and mAP type are not in its README: BigEarthNet v1, 19 classes and micro mAP as in the same "
-    "lab's SSL4EO-S12 code (its linear_BE_*.py), 10 % a seeded random share of train"
+    "class count and mAP type are not in its README: BigEarthNet v1, 19 classes and micro "
+    "mAP as in the same lab's SSL4EO-S12 code (its linear_BE_*.py), 10 % a seeded random "
+    "share of train"
 )
 PRESETS = {
     "softcon-bigearthnet-10": Preset(
