@@ -26,9 +26,8 @@ class Preset:
 SOFTCON = (
     "zhu-xlab/softcon README.md 18-27 (linear probing; ViT-B/14: a linear head on 4 output "
     "layers, DINOv2 appendix B.3: pool last4, that encoder's default); the paper's split, "
-    "class count and mAP type are not in its README: BigEarthNet v1, 19 classes and micro "
-    "mAP as in the same lab's SSL4EO-S12 code (its linear_BE_*.py), 10 % a seeded random "
-    "share of train"
+    "class count and metric are not in its README: {rest} as in the same lab's SSL4EO-S12 "
+    "code (its linear_*.py)"
 )
 PRESETS = {
     "softcon-bigearthnet-10": Preset(
@@ -41,7 +40,9 @@ PRESETS = {
         },  # fmt: skip
         metric="mAP_micro",
         published={"softcon-vits14": 85.0, "softcon-vitb14": 86.8},
-        source=SOFTCON,
+        source=SOFTCON.format(
+            rest="BigEarthNet v1, 19 classes, micro mAP, 10 % a seeded random share of train"
+        ),
     ),
     "softcon-eurosat": Preset(
         fields={
@@ -53,7 +54,7 @@ PRESETS = {
         },  # fmt: skip
         metric="accuracy",
         published={"softcon-vits14": 97.1, "softcon-vitb14": 98.0},
-        source=SOFTCON.replace("BigEarthNet v1, 19 classes and micro mAP", "EuroSAT accuracy"),
+        source=SOFTCON.format(rest="EuroSAT top-1 accuracy, all of train"),
     ),
 }
 
