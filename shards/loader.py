@@ -13,9 +13,13 @@ Work is split by rank (Ray Train / torch.distributed, or given) and DataLoader w
 - `finite`: every sample of the split exactly once over all ranks and workers (evaluation).
   With at least as many shards as rank x worker slots, each slot reads its own shards;
   with fewer, every slot reads all shards and keeps every n-th sample.
-- `resampled`: each slot draws shards at random with replacement (seeded by seed, epoch,
-  rank and worker) through a shuffle buffer; every rank yields exactly `len(loader)`
-  batches per epoch, so ranks stay in step however uneven the shards (elastic training).
+- `resampled`: an epoch's shards are dealt out to the slots (a permutation seeded by seed
+  and epoch, so each slot's share is disjoint from the others'; with fewer shards than
+  slots, each slot keeps every n-th sample of all of them), and each slot cycles through
+  its share in a new order every pass, through a shuffle buffer; every rank yields exactly
+  `len(loader)` batches per epoch, so ranks stay in step however uneven the shards. No
+  sample is in two ranks' batches of one step, nor twice in one batch; a new worker count
+  (elastic training, at an epoch boundary) deals the next epoch out anew.
 
 Shards are WebDataset tars (webdataset itself reads them); the loader reads them with
 `shards.tar`: by the member-offset index beside each shard (a local shard memory-mapped,
@@ -163,16 +167,38 @@ class ShardStream(IterableDataset):
             return None
 
     def _raw_samples(self, slot: int, slots: int) -> Iterator[Sample]:
-        urls: Iterator[str]
         if self.mode == "resampled":
-            urls, every = _draws(self.urls, np.random.default_rng([self.seed, self.epoch, slot])), 1
-        elif len(self.urls) >= slots:
+            yield from self._dealt_samples(slot, slots)
+            return
+        urls: Iterator[str]
+        if len(self.urls) >= slots:
             urls, every = iter(self.urls[slot::slots]), 1
         else:
             urls, every = iter(self.urls), slots
         for i, raw in enumerate(self._samples(urls)):
             if every == 1 or i % every == slot:
                 yield raw
+
+    def _dealt_samples(self, slot: int, slots: int) -> Iterator[Sample]:
+        """Resampled mode: this slot's share of the epoch's shards, pass after pass, forever."""
+        dealt = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.urls))
+        urls = [self.urls[i] for i in dealt]
+        share, every = (urls[slot::slots], 1) if len(urls) >= slots else (urls, slots)
+        rng = np.random.default_rng([self.seed, self.epoch, slot])
+        while True:
+            # a sample-wise share (every > 1) needs the same shard order in every pass
+            order = rng.permutation(len(share)) if every == 1 else range(len(share))
+            held = 0
+            for i, raw in enumerate(self._samples(share[j] for j in order)):
+                if every == 1 or i % every == slot:
+                    held += 1
+                    yield raw
+            if held < self.batch_size:  # a batch of distinct samples could never be filled
+                raise ShardSetError(
+                    f"the split's share of slot {slot} of {slots} (rank x "
+                    f"loader worker) holds {held} readable samples, fewer than a batch of "
+                    f"{self.batch_size}: use fewer workers or loader workers, or smaller batches"
+                )
 
     def _decode(self, raw: Sample) -> Sample | None:
         names = [*self.modalities, VALID]
@@ -212,17 +238,21 @@ class ShardStream(IterableDataset):
             samples = _shuffled(samples, self.shuffle_buffer, rng)
         limit = self._worker_batches(worker, workers)
         batch: list[Sample] = []
+        keys: set[str | None] = set()  # a share cycled around is not used twice in one batch
         produced = 0
         for raw in samples:
             if limit is not None and produced >= limit:
                 return
+            if raw.get("__key__") in keys:
+                continue
             decoded = self._decode(raw)
             if decoded is None:
                 continue
             batch.append(decoded)
+            keys.add(raw.get("__key__"))
             if len(batch) == self.batch_size:
                 yield self._collate(batch)
-                produced, batch = produced + 1, []
+                produced, batch, keys = produced + 1, [], set()
         if batch and not self.drop_last:
             yield self._collate(batch)
         if self.skips.count:  # skipped after the last batch: counted, with no samples
@@ -234,12 +264,6 @@ class ShardStream(IterableDataset):
             return None
         share, extra = divmod(self.batches_per_epoch, workers)
         return share + (worker < extra)
-
-
-def _draws(urls: list[str], rng: np.random.Generator) -> Iterator[str]:
-    """Shards drawn with replacement, forever."""
-    while True:
-        yield urls[int(rng.integers(len(urls)))]
 
 
 def _shuffled(samples: Iterator[Sample], size: int, rng: np.random.Generator) -> Iterator[Sample]:
@@ -262,9 +286,12 @@ def _as_is(batch: Any) -> Any:
 class ShardLoader:
     """A DataLoader over a ShardStream that also sums what its workers skipped."""
 
-    def __init__(self, stream: ShardStream, num_workers: int) -> None:
+    def __init__(
+        self, stream: ShardStream, num_workers: int, epoch_samples: int | None = None
+    ) -> None:
         self.stream = stream
         self.skipped = 0
+        self.epoch_samples = epoch_samples  # resampled: samples per epoch over all ranks
         # Batches are made by the stream; DataLoader's default conversion would only walk
         # every metadata dict again.
         self.loader = DataLoader(
@@ -331,7 +358,7 @@ def make_loader(
     world_size = default_world if world_size is None else world_size
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, {world_size})")
-    batches, default_buffer = None, 0
+    batches, default_buffer, total = None, 0, None
     if mode == "resampled":
         default_buffer = 256
         total = epoch_samples or manifest.samples(split)
@@ -351,4 +378,4 @@ def make_loader(
         transform=transform,
         drop_last=drop_last,
     )
-    return ShardLoader(stream, num_workers)
+    return ShardLoader(stream, num_workers, total)

@@ -202,6 +202,9 @@ class PretrainConfig(BaseModel):
     max_workers: int | None = Field(
         None, ge=1, description="Elastic: up to this many workers when the cluster has room."
     )
+    elastic_resize_s: float = Field(
+        60.0, gt=0, description="Elastic: how often a running group checks for room to grow."
+    )
     use_gpu: bool = Field(False, description="One GPU per worker (NCCL); else CPU (gloo).")
     batch_size: int = Field(32, ge=1, description="Samples per worker per step.")
     epochs: int = Field(10, ge=1, description="Epochs of `epoch_samples` samples.")

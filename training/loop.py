@@ -61,6 +61,44 @@ def warmup_cosine(warmup: int, total: int, floor: float, from_zero: bool = False
     return factor
 
 
+class ProgressSchedule:
+    """Learning rates as a function of training progress measured in samples, not steps.
+
+    Progress is counted in steps of the configured worker count (`reference_world`), so a
+    fixed-size run follows `factor` step by step, and an elastic run whose worker count
+    changes (and with it the samples per step) follows it without a jump: a step of `world`
+    workers advances it by world / reference_world.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: Any, reference_world: int):
+        self.optimizer, self.factor, self.reference_world = optimizer, factor, reference_world
+        self.base = [group["lr"] for group in optimizer.param_groups]
+        self.progress = 0.0
+        self._apply()
+
+    def _apply(self) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.base, strict=True):
+            group["lr"] = base * self.factor(self.progress)
+
+    def step(self, world: int) -> None:
+        """After an optimiser step of `world` workers."""
+        self.progress += world / self.reference_world
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        """The learning rate of each parameter group now."""
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, float]:
+        """What a checkpoint keeps: the progress."""
+        return {"progress": self.progress}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's progress (older ones hold LambdaLR's step count)."""
+        self.progress = float(state["progress"] if "progress" in state else state["last_epoch"])
+        self._apply()
+
+
 def param_groups(
     model: nn.Module, weight_decay: float, decay_all: bool = False
 ) -> list[dict[str, Any]]:
@@ -169,16 +207,21 @@ def train_loop(config: dict[str, Any]) -> None:
         rank=rank, world_size=world,
     )  # fmt: skip
     steps_per_epoch = len(loader)
-    total = steps_per_epoch * cfg.epochs
+    # the schedule's length in steps of the configured worker count (ProgressSchedule)
+    epoch_samples = loader.epoch_samples or 0  # set: the loader is resampled
+    reference_steps = max(1, epoch_samples // (cfg.workers * cfg.batch_size))
+    reference_total = reference_steps * cfg.epochs
 
     model = build_model(cfg)
     reference = cfg.model.preset == "multimae-eo"  # the authors' optimiser and schedule
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay, decay_all=reference), lr=cfg.lr, betas=(0.9, 0.95)
     )
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(warmup, total, cfg.min_lr / cfg.lr, from_zero=reference)
+    warmup = round(cfg.warmup_epochs * reference_steps)
+    schedule = ProgressSchedule(
+        optimizer,
+        warmup_cosine(warmup, reference_total, cfg.min_lr / cfg.lr, from_zero=reference),
+        cfg.workers,
     )
     step, start_epoch = 0, 0
     state = None
@@ -203,6 +246,7 @@ def train_loop(config: dict[str, Any]) -> None:
     autocast = autocast_for(cfg, device)
     fail_at = config.get("fail_at_step") or 0  # tests: rank 1 dies once at this step
     tokens = tokens_per_sample(model)
+    total = step + (cfg.epochs - start_epoch) * steps_per_epoch  # at this worker count
 
     for epoch in range(start_epoch, cfg.epochs):
         loader.set_epoch(epoch)
@@ -215,9 +259,10 @@ def train_loop(config: dict[str, Any]) -> None:
             loss, parts, samples = train_step(
                 trained, optimizer, batch, cfg, generator, device, autocast
             )
-            schedule.step()
+            schedule.step(world)
             if isinstance(model, SoftConModel):  # the target follows the online encoder
-                model.update_target(ema_momentum(step, total, cfg.softcon.ema))
+                progress = schedule.progress
+                model.update_target(ema_momentum(progress, reference_total, cfg.softcon.ema))
             now = time.perf_counter()
             samples *= world
             row = {

@@ -116,7 +116,11 @@ def run_pretrain(
             "resume_from": str(resume_from) if resume_from else None,
         },
         # Ray Train V2 takes (min, max) for elastic groups; the annotation is V1's.
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu),  # type: ignore[arg-type]
+        scaling_config=ScalingConfig(
+            num_workers=workers,  # type: ignore[arg-type]
+            use_gpu=cfg.use_gpu,
+            elastic_resize_monitor_interval_s=cfg.elastic_resize_s,  # type: ignore[call-arg]
+        ),
         run_config=RunConfig(
             name=name,
             storage_path=str(out.parent),

@@ -178,7 +178,7 @@ def ema_update(
         buf.copy_(o_buffers[name])
 
 
-def ema_momentum(step: int, total: int, base: float = 0.996) -> float:
+def ema_momentum(step: float, total: int, base: float = 0.996) -> float:
     """BYOL's schedule: 1 - (1 - base) * (cos(pi * step / total) + 1) / 2, from base to 1."""
     if total <= 0:
         raise ValueError(f"total steps {total} must be positive")

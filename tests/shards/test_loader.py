@@ -209,6 +209,47 @@ def test_resampled_mode_keeps_ranks_in_step_under_ray_train(
     assert reports[0]["keys"][0] != reports[0]["keys"][1]  # and differently each epoch
 
 
+def resampled_batches(url: str, split: str, rank: int, world: int, workers: int,
+                      epoch: int) -> list[list[str]]:  # fmt: skip
+    """The keys of each batch one rank trains on in one epoch (resampled, 8 per batch)."""
+    loader = make_loader(url, split, batch_size=8, mode="resampled", epoch_samples=320,
+                         rank=rank, world_size=world, num_workers=workers)  # fmt: skip
+    loader.set_epoch(epoch)
+    batches = [[m["key"] for m in b["meta"]] for b in loader]
+    assert len(batches) == len(loader)
+    return batches
+
+
+@pytest.mark.parametrize(("split", "world", "workers"), [("train", 2, 1), ("train", 3, 1),
+                                                         ("test", 2, 2)])  # fmt: skip
+def test_resampled_steps_never_repeat_a_sample_across_ranks_or_within_a_batch(
+    shard_set: Any, split: str, world: int, workers: int
+) -> None:
+    """Each epoch's shards are dealt out to the slots (test: fewer shards than slots, so by
+    sample); a share cycled around more than once still never repeats within a batch."""
+    cfg, _ = shard_set
+    manifest = read_manifest(cfg.out_url)
+    assert 320 > manifest.samples(split)  # every share is cycled through more than once
+    for epoch in (0, 1):
+        ranks = [resampled_batches(cfg.out_url, split, r, world, workers, epoch)
+                 for r in range(world)]  # fmt: skip
+        for step in zip(*ranks, strict=True):  # one optimiser step: every rank's batch
+            keys = [k for batch in step for k in batch]
+            assert len(keys) == len(set(keys)) == 8 * world
+        shares = [{k for batch in rank for k in batch} for rank in ranks]
+        assert sum(len(s) for s in shares) == len(set().union(*shares))  # disjoint shares
+    again = resampled_batches(cfg.out_url, split, 0, world, workers, 1)
+    assert again == ranks[0]  # deterministic: a restarted epoch trains on the same batches
+    assert resampled_batches(cfg.out_url, split, 0, world, workers, 0) != again
+
+
+def test_a_share_smaller_than_a_batch_is_refused(shard_set: Any) -> None:
+    cfg, _ = shard_set
+    assert read_manifest(cfg.out_url).samples("val") < 4 * 8  # 4 slots: under 8 samples each
+    with pytest.raises(ShardSetError, match=r"slot 0 of 4 .* fewer than a batch of 8"):
+        resampled_batches(cfg.out_url, "val", 0, 4, 0, 0)
+
+
 def test_bad_requests_are_named(shard_set: Any, tmp_path: Path) -> None:
     cfg, _ = shard_set
     with pytest.raises(KeyError, match="optical"):
