@@ -41,6 +41,7 @@ from eomae.evaluation_cli import EvaluateCommand
 from eomae.ingest_cli import (
     IngestCommand,
     IngestFailed,
+    SampleCommand,
     SearchCommand,
     ServeCommand,
     WorldCommand,
@@ -54,6 +55,7 @@ from evaluation.run import EvaluationError
 from infra.services import ServiceError
 from infra.world import WorldError
 from ingest.catalog import CatalogError
+from ingest.locations import SampleError
 from ingest.raster import ReadError
 from shards.manifest import ShardSetError
 from training.export import CheckpointError
@@ -74,6 +76,7 @@ class Eomae(
     world: CliSubCommand[WorldCommand] = Field(description=WorldCommand.__doc__)
     serve: CliSubCommand[ServeCommand] = Field(description=ServeCommand.__doc__)
     search: CliSubCommand[SearchCommand] = Field(description=SearchCommand.__doc__)
+    sample: CliSubCommand[SampleCommand] = Field(description=SampleCommand.__doc__)
     ingest: CliSubCommand[IngestCommand] = Field(description=IngestCommand.__doc__)
     shard: CliSubCommand[ShardCommand] = Field(description=ShardCommand.__doc__)
     verify: CliSubCommand[VerifyCommand] = Field(description=VerifyCommand.__doc__)
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except (
         WorldError, CatalogError, ConfigFileError, ServiceError, IngestFailed, ReadError,
         ShardSetError, PretrainError, CheckpointError, EvaluationError, BenchmarkError,
-        PipelineError,
+        PipelineError, SampleError,
     ) as e:  # fmt: skip
         console.print(f"[red]error:[/red] {e}")
         return 2

@@ -1,4 +1,4 @@
-"""`eomae world`, `serve`, `search`, `ingest`: the commands before the cube exists."""
+"""`eomae world`, `serve`, `search`, `sample`, `ingest`: the commands before the cube exists."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from infra.world import WorldConfig, generate_world
 from ingest.catalog import PLANETARY_COMPUTER, open_catalog
 from ingest.config import BBox, IngestConfig, bbox_geometry, check_bbox
 from ingest.grid import parts
+from ingest.locations import SampleConfig, sample_locations, summary, write_cells
 from ingest.run import UnitResult, run_ingest
 from ingest.sources import sentinel2
 
@@ -77,6 +78,23 @@ class ServeCommand(Command):
             except KeyboardInterrupt:
                 pass
         console.print("services stopped")
+
+
+class SampleCommand(SampleConfig, Command):
+    """Choose a corpus's locations: cells of the chip grid, written as GeoParquet."""
+
+    def cli_cmd(self) -> None:
+        """Sample, write, and say how many cells, tiles and zones."""
+        cfg = SampleConfig(**self.model_dump(include=set(SampleConfig.model_fields)))
+        with console.status(f"sampling locations ({cfg.strategy})"):
+            cells = sample_locations(cfg)
+            path = write_cells(cells, cfg.out)
+        counts = summary(cells)
+        merged = (
+            f", {counts['duplicates']} points merged into cells" if counts["duplicates"] else ""
+        )
+        console.print(f"{counts['cells']} cells of {cfg.chip_size} px in {counts['tiles']} MGRS "
+                      f"tiles, {counts['zones']} UTM zones{merged}: {path}")  # fmt: skip
 
 
 class SearchCommand(Command):

@@ -32,6 +32,21 @@ def check_bbox(bbox: BBox) -> BBox:
     return bbox
 
 
+def group_bbox_numbers(value: Any) -> Any:
+    """Boxes as typed, as a list of 4-tuples (a before-validator).
+
+    `W,S,E,N` (one box on the command line) or a flat list of numbers is grouped by four;
+    a list of boxes is left as it is.
+    """
+    if isinstance(value, str):
+        value = value.replace("[", "").replace("]", "").split(",")
+    if isinstance(value, list | tuple) and value and not isinstance(value[0], list | tuple):
+        if len(value) % 4:
+            raise ValueError(f"a bbox needs 4 numbers W,S,E,N; got {len(value)}: {value}")
+        return [tuple(value[i : i + 4]) for i in range(0, len(value), 4)]
+    return value
+
+
 def bbox_geometry(bbox: BBox) -> BaseGeometry:
     """The box as a lon/lat geometry: split at 180° when it crosses the antimeridian."""
     w, s, e, n = bbox
@@ -83,17 +98,7 @@ class IngestConfig(BaseModel):
         4, ge=1, le=64, description="Raster reads in flight per unit."
     )
 
-    @field_validator("bbox", mode="before")
-    @classmethod
-    def _group_flat_numbers(cls, value: Any) -> Any:
-        """Accept `W,S,E,N` (one box, as typed on the command line) besides a list of boxes."""
-        if isinstance(value, str):
-            value = value.replace("[", "").replace("]", "").split(",")
-        if isinstance(value, list | tuple) and value and not isinstance(value[0], list | tuple):
-            if len(value) % 4:
-                raise ValueError(f"a bbox needs 4 numbers W,S,E,N; got {len(value)}: {value}")
-            return [tuple(value[i : i + 4]) for i in range(0, len(value), 4)]
-        return value
+    _group_flat_numbers = field_validator("bbox", mode="before")(group_bbox_numbers)
 
     @field_validator("bbox")
     @classmethod
