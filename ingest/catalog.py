@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import pystac
 import pystac_client
@@ -44,6 +44,32 @@ class CatalogError(RuntimeError):
 def catalog_url(catalog: str) -> str:
     """Resolve the catalog name `planetary-computer` or pass a STAC API URL through."""
     return PLANETARY_COMPUTER_URL if catalog == PLANETARY_COMPUTER else catalog
+
+
+class Searchable(Protocol):
+    """What planning asks of a catalog: a live one (`Catalog`) or a snapshot of one."""
+
+    @property
+    def url(self) -> str:
+        """Where the items come from, for messages."""
+        ...
+
+    def collections(self) -> frozenset[str]:
+        """Ids of the collections there are."""
+        ...
+
+    def search(
+        self,
+        collection: str,
+        *,
+        bbox: Sequence[float] | None = None,
+        datetime: str | None = None,
+        max_cloud_cover: float | None = None,
+        sortby: str | None = None,
+        limit: int = 100,
+    ) -> list[pystac.Item]:
+        """The items of `collection` matching the filters (see `Catalog.search`)."""
+        ...
 
 
 class Catalog:

@@ -63,6 +63,11 @@ class IngestConfig(BaseModel):
     catalog: str = Field(
         PLANETARY_COMPUTER, description="`planetary-computer` or the URL of any STAC API."
     )
+    catalog_snapshot: Path | None = Field(
+        None,
+        description="Plan from this STAC GeoParquet snapshot (RUN/ingest/catalog.parquet of "
+        "an earlier run) instead of the catalog: no search, the same plan.",
+    )
     bbox: list[BBox] = Field(
         default_factory=list,
         description="Areas of interest as west,south,east,north in degrees; repeatable.",
@@ -111,8 +116,10 @@ class IngestConfig(BaseModel):
             raise ValueError("give an area of interest: --bbox W,S,E,N or --aoi-file FILE")
         if self.end < self.start:
             raise ValueError(f"end {self.end} is before start {self.start}")
-        if self.aoi_file is not None and not Path(self.aoi_file).is_file():
-            raise ValueError(f"aoi_file {self.aoi_file} does not exist")
+        for name in ("aoi_file", "catalog_snapshot"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} {path} does not exist")
         return self
 
     @property

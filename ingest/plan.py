@@ -24,7 +24,7 @@ from typing import Any
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from ingest.catalog import Catalog, CatalogError
+from ingest.catalog import CatalogError, Searchable
 from ingest.config import IngestConfig
 from ingest.grid import Grid, chip_grid, parts
 from ingest.sources import dem, sentinel2, worldcover
@@ -176,7 +176,7 @@ def tile_grids(
 
 
 def search_scenes(
-    cfg: IngestConfig, catalog: Catalog, aois: list[BaseGeometry], skipped: list[Skipped]
+    cfg: IngestConfig, catalog: Searchable, aois: list[BaseGeometry], skipped: list[Skipped]
 ) -> list[dict]:
     """S2 items touching any AOI, searched AOI by AOI (never one box around all of them).
 
@@ -233,7 +233,7 @@ def agreeing(
     return frame, kept
 
 
-def make_plan(cfg: IngestConfig, catalog: Catalog) -> Plan:
+def make_plan(cfg: IngestConfig, catalog: Searchable) -> Plan:
     """Search per AOI, group by MGRS tile, pick scenes per grid, find its DEM and land cover."""
     aois = cfg.aois()
     skipped: list[Skipped] = []
@@ -289,7 +289,7 @@ def make_plan(cfg: IngestConfig, catalog: Catalog) -> Plan:
 
 
 def covering(
-    catalog: Catalog,
+    catalog: Searchable,
     collection: str,
     asset: str,
     footprint: BaseGeometry,

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -26,6 +28,7 @@ from ingest.parallel import imap_unordered
 from ingest.plan import Plan, Unit, make_plan, plan_to_json
 from ingest.raster import ReadError, redact
 from ingest.signing import TokenError
+from ingest.snapshot import SNAPSHOT_FILE, RecordingCatalog, SnapshotCatalog, write_snapshot
 from ingest.sources import dem, sentinel2, worldcover
 
 log = logging.getLogger(__name__)
@@ -178,8 +181,13 @@ def plan_or_load(cfg: IngestConfig) -> Plan:
                 f"{cfg.run_dir} holds an ingest with other settings ({', '.join(changed)}); "
                 "use a new run directory"
             )
-    plan = make_plan(cfg, open_catalog(cfg.catalog))
+    source = SnapshotCatalog(cfg.catalog_snapshot) if cfg.catalog_snapshot else None
+    catalog = RecordingCatalog(source or open_catalog(cfg.catalog))
+    plan = make_plan(cfg, catalog)
     fs.makedirs(fs._parent(path), exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:  # the items planned from, for a re-plan
+        written = write_snapshot(catalog.items(), Path(tmp) / SNAPSHOT_FILE)
+        fs.put_file(str(written), f"{fs._parent(path)}/{SNAPSHOT_FILE}")
     with fs.open(path + ".tmp", "w") as f:
         f.write(plan_to_json(plan, cfg))
     fs.mv(path + ".tmp", path)

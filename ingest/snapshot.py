@@ -1,0 +1,188 @@
+"""A frozen catalog: the items a plan was made from, as STAC GeoParquet, searchable offline.
+
+    recording = RecordingCatalog(open_catalog("planetary-computer"))
+    plan = make_plan(cfg, recording)
+    write_snapshot(recording.items(), "runs/x/ingest/catalog.parquet")
+    ...
+    plan_again = make_plan(cfg, SnapshotCatalog("runs/x/ingest/catalog.parquet"))
+
+Every item any search returned while planning is kept (a superset of those the plan used),
+so planning again from the snapshot sees what the live catalog showed, whatever the
+catalog holds by then. The file is written with the `stac-geoparquet` package, so other
+tools read it too. A search of the snapshot answers as the STAC API would for what the
+planner asks: collection, bbox (item geometry intersects it), datetime interval,
+`eo:cloud_cover` at most a limit or absent, sorted by cloud cover. Hrefs stay unsigned;
+they are signed at read time as from a live catalog.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime as DateTime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pystac
+import stac_geoparquet.arrow as stac_arrow
+from shapely.geometry import box, shape
+
+from ingest.catalog import CatalogError, Searchable
+
+SNAPSHOT_FILE = "catalog.parquet"  # under RUN/ingest/
+ITEM_JSON = "eomae:item_json"  # a column beside stac-geoparquet's: each item's JSON as given
+
+
+class RecordingCatalog:
+    """A catalog that remembers every item its searches returned (see `items`)."""
+
+    def __init__(self, catalog: Searchable) -> None:
+        self.catalog = catalog
+        self._seen: dict[tuple[str, str], dict[str, Any]] = {}
+
+    @property
+    def url(self) -> str:
+        """The recorded catalog's URL."""
+        return self.catalog.url
+
+    def collections(self) -> frozenset[str]:
+        """The recorded catalog's collections."""
+        return self.catalog.collections()
+
+    def search(
+        self,
+        collection: str,
+        *,
+        bbox: Sequence[float] | None = None,
+        datetime: str | None = None,
+        max_cloud_cover: float | None = None,
+        sortby: str | None = None,
+        limit: int = 100,
+    ) -> list[pystac.Item]:
+        """The catalog's answer, remembered."""
+        found = self.catalog.search(collection, bbox=bbox, datetime=datetime,
+                                    max_cloud_cover=max_cloud_cover, sortby=sortby,
+                                    limit=limit)  # fmt: skip
+        for item in found:
+            self._seen.setdefault((collection, item.id), item.to_dict(transform_hrefs=False))
+        return found
+
+    def items(self) -> list[dict[str, Any]]:
+        """Every item seen, sorted by collection and id."""
+        return [self._seen[k] for k in sorted(self._seen)]
+
+
+def write_snapshot(items: Sequence[dict[str, Any]], path: Path | str) -> Path:
+    """The items as STAC GeoParquet at `path` (written beside, then moved).
+
+    Each row also keeps its item's JSON as it came (`ITEM_JSON`): GeoParquet's columns
+    reorder properties and reformat datetimes, and a plan embeds its items, so only the
+    original text plans byte-identically.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = stac_arrow.parse_stac_items_to_arrow(list(items)).read_all()
+    ids = table.column("id").to_pylist()
+    if ids != [i["id"] for i in items]:
+        raise CatalogError("stac-geoparquet reordered the items; the snapshot would be wrong")
+    table = table.append_column(ITEM_JSON, pa.array([json.dumps(i) for i in items]))
+    tmp = path.with_suffix(".partial")
+    stac_arrow.to_parquet(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+def _without_nulls(value: Any) -> Any:
+    """A value with the null fields GeoParquet's shared schema adds to objects taken out."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def read_snapshot(path: Path | str) -> list[dict[str, Any]]:
+    """The item dicts of a snapshot (or of any STAC GeoParquet file).
+
+    CatalogError naming the file when it is neither.
+    """
+    try:
+        table = pq.read_table(path)
+        if ITEM_JSON in table.column_names:
+            return [json.loads(text) for text in table.column(ITEM_JSON).to_pylist()]
+        return [_without_nulls(item) for item in stac_arrow.stac_table_to_items(table)]
+    except (OSError, ValueError, KeyError) as e:
+        raise CatalogError(f"{path} is not a catalog snapshot: {type(e).__name__}: {e}") from e
+
+
+def _instant(text: str) -> DateTime:
+    return DateTime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _in_interval(item: dict[str, Any], interval: str) -> bool:
+    """Whether the item's datetime (or start/end range) meets a STAC `a/b` interval."""
+    props = item["properties"]
+    start = props.get("start_datetime") or props.get("datetime")
+    end = props.get("end_datetime") or props.get("datetime")
+    lo, _, hi = interval.partition("/")
+    if lo not in ("", "..") and _instant(end) < _instant(lo):
+        return False
+    return hi in ("", "..") or _instant(start) <= _instant(hi if hi else lo)
+
+
+class SnapshotCatalog:
+    """A catalog answered from a snapshot file, with no network (see the module doc)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CatalogError(f"catalog snapshot {self.path} does not exist")
+        self._items = read_snapshot(self.path)
+
+    @property
+    def url(self) -> str:
+        """Where the snapshot is, for messages."""
+        return f"snapshot {self.path}"
+
+    def collections(self) -> frozenset[str]:
+        """The collections the snapshot holds items of."""
+        return frozenset(i.get("collection", "") for i in self._items)
+
+    def search(
+        self,
+        collection: str,
+        *,
+        bbox: Sequence[float] | None = None,
+        datetime: str | None = None,
+        max_cloud_cover: float | None = None,
+        sortby: str | None = None,
+        limit: int = 100,
+    ) -> list[pystac.Item]:
+        """The snapshot's items that a STAC API search with these filters returns."""
+        if collection not in self.collections():
+            raise CatalogError(f"collection {collection!r} not in {self.url}; it has: "
+                               f"{sorted(self.collections())}")  # fmt: skip
+        area = box(*bbox) if bbox is not None else None
+        chosen = [
+            i
+            for i in self._items
+            if i.get("collection") == collection
+            and (area is None or shape(i["geometry"]).intersects(area))
+            and (datetime is None or _in_interval(i, datetime))
+            and _cloud_at_most(i, max_cloud_cover)
+        ]
+        if sortby == "eo:cloud_cover":
+            chosen.sort(key=lambda i: (_cloud(i) is None, _cloud(i) or 0.0, i["id"]))
+        return [pystac.Item.from_dict(i) for i in chosen]
+
+
+def _cloud(item: dict[str, Any]) -> float | None:
+    return item["properties"].get("eo:cloud_cover")
+
+
+def _cloud_at_most(item: dict[str, Any], limit: float | None) -> bool:
+    """The API's cloud filter: at most `limit`, or no cloud cover stated (the planner decides)."""
+    cloud = _cloud(item)
+    return limit is None or cloud is None or cloud <= limit
