@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -157,6 +158,8 @@ def process_unit(
     )  # fmt: skip
 
 
+STATUS_EVERY_S = 5.0  # status.json is rewritten at most this often while units finish
+
 # What a run directory's data depends on; the catalog URL, Ray address and concurrency
 # may change between runs (the local services get new ports on every start).
 PLAN_FIELDS = frozenset(
@@ -203,6 +206,37 @@ def write_status(cfg: IngestConfig, rows: dict[str, dict[str, Any]]) -> None:
     fs.mv(path + ".tmp", path)
 
 
+class StatusTable:
+    """The status rows of a run, written to status.json at most every `every_s` seconds.
+
+    Rewriting the whole table after each unit costs O(units) per unit, O(units²) a run;
+    the cube's completion markers, not this table, decide what a re-run redoes, so a crash
+    loses at most `every_s` of rows that the re-run writes again.
+    """
+
+    def __init__(
+        self,
+        cfg: IngestConfig,
+        rows: dict[str, dict[str, Any]],
+        every_s: float = STATUS_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg, self.rows, self.every_s, self.clock = cfg, rows, every_s, clock
+        self.written_at = -math.inf
+        self.writes = 0
+
+    def update(self, row: dict[str, Any]) -> None:
+        """Record a unit's row; write the table if the last write is old enough."""
+        self.rows[row["unit_id"]] = row
+        if self.clock() - self.written_at >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the table now."""
+        write_status(self.cfg, self.rows)
+        self.written_at, self.writes = self.clock(), self.writes + 1
+
+
 def run_ingest(
     cfg: IngestConfig,
     progress: Callable[[UnitResult, int, int], None] | None = None,
@@ -241,6 +275,7 @@ def run_ingest(
         for u in todo
     ]  # fmt: skip
     results: list[UnitResult] = []
+    status = StatusTable(cfg, rows)
     for index, result, error in imap_unordered(
         process_unit, calls, cfg.max_concurrent_units, address=cfg.address
     ):
@@ -249,15 +284,14 @@ def run_ingest(
             log.warning("unit %s raised: %s", todo[index].unit_id, reason)
             result = UnitResult(todo[index].unit_id, "failed", reason)
         results.append(result)
-        rows[result.unit_id] = {
+        status.update({
             "unit_id": result.unit_id, "status": result.status, "reason": result.reason,
             "read_s": round(result.read_s, 3), "write_s": round(result.write_s, 3),
             "bytes_read": result.bytes_read, "valid_fraction": round(result.valid_fraction, 4),
-        }  # fmt: skip
-        write_status(cfg, rows)
+        })  # fmt: skip
         if progress:
             progress(result, len(results), len(todo))
-    write_status(cfg, rows)
+    status.flush()
     done = [r for r in results if r.status == "done"]
     elapsed = time.perf_counter() - t0
     return {

@@ -610,3 +610,23 @@ def test_expired_token_is_re_signed_once(
         )
     assert len(signed) == 2, "signed before the first open and again after the 403"
     assert (data != 0).any()
+
+
+def test_the_status_table_is_written_at_intervals_not_after_every_unit(tmp_path: Path) -> None:
+    """A full rewrite per unit is O(units²) a run; the first row still shows at once."""
+    from ingest.run import StatusTable
+
+    cfg = IngestConfig(bbox=[(11, 47, 12, 48)], start="2021-01-01", end="2021-02-01",
+                       run_dir=str(tmp_path))  # fmt: skip
+    now = [0.0]
+    table = StatusTable(cfg, {}, every_s=5.0, clock=lambda: now[0])
+    path = tmp_path / "ingest" / "status.json"
+    for i in range(1000):
+        now[0] += 0.01  # a unit every 10 ms: 10 s in all
+        table.update({"unit_id": f"u{i:04d}", "status": "done", "reason": ""})
+        if i == 0:
+            assert [r["unit_id"] for r in json.loads(path.read_text())] == ["u0000"]
+    assert table.writes == 2  # at 0.01 s and 5.01 s
+    table.flush()
+    rows = json.loads(path.read_text())
+    assert len(rows) == 1000 and rows[-1]["unit_id"] == "u0999"
