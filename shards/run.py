@@ -4,7 +4,7 @@ Phases: scan every complete unit for chips (a Ray task per unit), split and filt
 driver, shuffle each split across tiles and dates and pack it into shards by bytes, write
 the shards (a Ray task per shard: temp file + rename, so a shard that exists is whole;
 its member-offset index, `NAME.tar.idx`, is renamed into place just before it), compute
-statistics with dask, write the manifest last.
+statistics (a task per unit), write the manifest last.
 
 A re-run keeps a complete shard set made with the same settings from the same units; a
 run that was cut off reuses its plan and the shards already written.
@@ -47,7 +47,7 @@ from shards.manifest import (
     write_json,
 )
 from shards.modalities import LC, MODALITIES, VALID
-from shards.stats import compute_stats
+from shards.stats import combine, unit_sums
 
 log = logging.getLogger(__name__)
 TAR_BLOCK = 512
@@ -320,7 +320,15 @@ def run_shard(
 
     if progress:
         progress("stats", 0, 1)
-    write_json(join_url(out, STATS), compute_stats(cfg.cube_url, units))
+    sums = []  # a Ray task per unit: the driver only adds the sums up
+    for index, unit_sum, error in imap_unordered(
+        unit_sums, [(cfg.cube_url, u) for u in units], cfg.max_concurrent_tasks,
+        address=cfg.address,
+    ):  # fmt: skip
+        if error is not None:
+            raise ShardSetError(f"statistics of unit {units[index]} failed: {error}") from error
+        sums.append(unit_sum)
+    write_json(join_url(out, STATS), combine(sums))
     t_stats = time.perf_counter() - t0 - t_plan - t_write
     manifest = {
         "version": FORMAT_VERSION,

@@ -1,35 +1,60 @@
-"""Dataset statistics of a cube with dask: per-band mean/std over valid pixels, class counts.
+"""Dataset statistics of a cube: per-band mean/std over valid pixels, land-cover counts.
 
-Chunk-wise sums (float64) over every unit, combined in one `dask.compute`, so the cube is
-never in memory at once. The loader normalises with these numbers.
+Each unit's sums (float64: count, sum and sum of squares per band, a class histogram) are
+computed where the unit is, a block of pixels at a time, so no unit is ever in memory
+whole; `eomae shard` runs one Ray task per unit and only adds the sums up. The loader
+normalises with these numbers.
+
+    parts = [unit_sums(cube_url, u) for u in units]     # or one task each
+    stats = combine(parts)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
+import zarr
 
 from ingest.cube import open_cube
+from shards.chips import array, read
 from shards.modalities import DEM, LC, S2
 
-STATS_BLOCK = 1024  # pixels per side of a dask task
+STATS_BLOCK = 1024  # pixels per side of the block read at once (12 bands: 100 MB as float64)
+Sums = dict[str, Any]
 
 
-def _load(group: Any, name: str) -> da.Array:
-    # Tasks of many zarr chunks: with the cube's chip-sized chunks, dask's scheduling
-    # overhead would dominate the sums.
-    arr = group[name]
-    return da.from_zarr(arr, chunks=(*arr.shape[:-2], STATS_BLOCK, STATS_BLOCK))
-
-
-def _moments(x: da.Array, valid: da.Array) -> tuple[da.Array, da.Array, da.Array]:
+def _moments(x: np.ndarray, valid: np.ndarray) -> list[np.ndarray]:
     """Per-band count, sum and sum of squares of (bands, H, W) over valid pixels."""
-    v = valid[None]  # one count for all bands: the mask is per pixel
-    xf = da.where(v, x.astype("float64"), 0.0)
-    return v.sum(axis=(1, 2)), xf.sum(axis=(1, 2)), (xf * xf).sum(axis=(1, 2))
+    xf = np.where(valid[None], x, 0).astype(np.float64)
+    count = np.full(x.shape[0], valid.sum(), np.float64)  # the mask is per pixel
+    return [count, xf.sum(axis=(1, 2)), (xf * xf).sum(axis=(1, 2))]
+
+
+def unit_sums(cube_url: str, unit_id: str) -> Sums:
+    """The sums of one unit of the cube, read block by block."""
+    group = open_cube(cube_url)[unit_id]
+    assert isinstance(group, zarr.Group), f"{unit_id} is not a unit group"
+    height, width = array(group, "valid").shape[-2:]
+    sums: Sums = {
+        S2.name: [np.zeros(len(S2.bands)) for _ in range(3)],
+        DEM.name: [np.zeros(1) for _ in range(3)],
+        "codes": np.zeros(256, np.int64),
+        "valid": 0,
+        "total": height * width,
+    }
+    for top in range(0, height, STATS_BLOCK):
+        for left in range(0, width, STATS_BLOCK):
+            window = np.s_[top : top + STATS_BLOCK, left : left + STATS_BLOCK]
+            valid = read(group, "valid", window).astype(bool)
+            s2 = read(group, "s2", (slice(None), *window))
+            dem = read(group, "dem", window)[None]
+            lc = read(group, "lc", window)
+            for name, x in ((S2.name, s2), (DEM.name, dem)):
+                sums[name] = [a + b for a, b in zip(sums[name], _moments(x, valid), strict=True)]
+            sums["codes"] += np.bincount(lc.ravel(), minlength=256)
+            sums["valid"] += int(valid.sum())
+    return sums
 
 
 def _summary(bands: tuple[str, ...], count: np.ndarray, total: np.ndarray, sq: np.ndarray) -> dict:
@@ -44,22 +69,13 @@ def _summary(bands: tuple[str, ...], count: np.ndarray, total: np.ndarray, sq: n
     }
 
 
-def compute_stats(cube_url: str, unit_ids: list[str]) -> dict[str, Any]:
-    """Statistics over the given units of the cube (all their valid pixels)."""
-    if not unit_ids:
+def combine(parts: list[Sums]) -> dict[str, Any]:
+    """The statistics of several units' sums (stats.json)."""
+    if not parts:
         raise ValueError("no units to compute statistics over")
-    cube = open_cube(cube_url)
-    parts = []
-    for unit_id in unit_ids:
-        group = cube[unit_id]
-        valid, s2, lc = _load(group, "valid"), _load(group, "s2"), _load(group, "lc")
-        dem = _load(group, "dem")[None]
-        classes = da.bincount(lc.ravel(), minlength=256)
-        parts.append((_moments(s2, valid), _moments(dem, valid), classes, valid.sum(), valid.size))
-    (computed,) = dask.compute(parts)
-    s2_m = [np.sum([p[0][i] for p in computed], axis=0) for i in range(3)]
-    dem_m = [np.sum([p[1][i] for p in computed], axis=0) for i in range(3)]
-    codes = np.sum([p[2] for p in computed], axis=0)
+    s2_m = [np.sum([p[S2.name][i] for p in parts], axis=0) for i in range(3)]
+    dem_m = [np.sum([p[DEM.name][i] for p in parts], axis=0) for i in range(3)]
+    codes = np.sum([p["codes"] for p in parts], axis=0)
     class_counts = codes[list(LC.classes)]
     labelled = max(int(class_counts.sum()), 1)
     return {
@@ -72,8 +88,13 @@ def compute_stats(cube_url: str, unit_ids: list[str]) -> dict[str, Any]:
             "nodata_pixels": int(codes[int(LC.nodata)]),
         },
         "pixels": {
-            "total": int(sum(p[4] for p in computed)),
-            "valid": int(sum(p[3] for p in computed)),
+            "total": int(sum(p["total"] for p in parts)),
+            "valid": int(sum(p["valid"] for p in parts)),
         },
-        "units": len(unit_ids),
+        "units": len(parts),
     }
+
+
+def compute_stats(cube_url: str, unit_ids: list[str]) -> dict[str, Any]:
+    """Statistics over the given units of the cube, in this process."""
+    return combine([unit_sums(cube_url, u) for u in unit_ids])

@@ -178,7 +178,11 @@ def make_small_cube(path: Path) -> list[str]:
     return ["T1_20210101_S2A", "T2_20210601_S2B"]
 
 
-def test_stats_equal_numpy_over_valid_pixels(tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", [1024, 7])  # whole units, or blocks with ragged edges
+def test_stats_equal_numpy_over_valid_pixels(
+    tmp_path: Path, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shards.stats.STATS_BLOCK", block)
     units = make_small_cube(tmp_path / "cube.zarr")
     stats = compute_stats(str(tmp_path / "cube.zarr"), units)
     cube = zarr.open_group(str(tmp_path / "cube.zarr"), mode="r")
