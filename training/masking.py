@@ -5,7 +5,7 @@ As the reference MultiMAE (`generate_random_masks`) does it, for a whole batch a
     shares  ~ Dirichlet(alpha, ..., alpha)            per sample, one share per modality
     counts  = round(shares * K)                        may sum to more or less than K
     chosen  = counts[m] tokens of modality m, uniformly without replacement (all of
-              them when it has fewer)
+              them when it has fewer), by selection sampling
     visible = the chosen tokens in random order, then the others in random order; the
               first K: a random removal from the chosen, or a random top-up from the rest
 
@@ -44,19 +44,28 @@ def sample_visible(
     device = generator.device
     counts = rounded_counts(batch, len(tokens), num_visible, alpha, generator)  # (B, M)
 
-    # counts[:, m] tokens of each modality: those of smallest noise (a uniform subset).
-    noise = torch.rand(batch, total, generator=generator, device=device)
-    chosen = torch.zeros(batch, total, dtype=torch.bool, device=device)
-    start = 0
-    for m, n in enumerate(tokens):  # a loop over modalities, never over samples
-        most = min(n, num_visible)  # a rounded count is at most K
-        smallest = noise[:, start : start + n].topk(most, dim=1, largest=False).indices
-        take = torch.arange(most, device=device) < counts[:, m : m + 1]  # (B, most)
-        chosen[:, start : start + n].scatter_(1, smallest, take)
-        start += n
+    # counts[:, m] tokens of each modality, a uniform subset: selection sampling (Knuth's
+    # algorithm S) over the token positions, every sample and modality at once; a sort
+    # of the noise would cost ~3x as much.
+    sizes = torch.tensor(tokens, device=device)
+    need = torch.minimum(counts, sizes)  # (B, M): all of a modality's tokens at most
+    left = sizes.expand(batch, -1).clone()
+    noise = torch.rand(batch, len(tokens), max(tokens), generator=generator, device=device)
+    picked = torch.empty(noise.shape, dtype=torch.bool, device=device)
+    for j in range(max(tokens)):  # a loop over token positions, never over samples
+        take = noise[:, :, j] * left < need  # with probability need / left
+        picked[:, :, j] = take
+        need = need - take.long()
+        left = left - 1  # past a modality's last token: columns dropped below
+    chosen = torch.cat([picked[:, m, :n] for m, n in enumerate(tokens)], dim=1)  # (B, N)
 
     # Exactly K: the chosen in random order, then the others; the first K.
     tiebreak = torch.rand(batch, total, generator=generator, device=device)
     keep = ((~chosen).float() + tiebreak).topk(num_visible, dim=1, largest=False).indices
     visible = torch.zeros(batch, total, dtype=torch.bool, device=device)
-    return visible.scatter_(1, keep, True), keep.sort(dim=1).values
+    visible.scatter_(1, keep, True)
+    # ascending indices without a sort: each visible token goes to its rank among them
+    rank = torch.where(visible, visible.cumsum(dim=1) - 1, num_visible)  # spare column K
+    index = torch.zeros(batch, num_visible + 1, dtype=torch.long, device=device)
+    index.scatter_(1, rank, torch.arange(total, device=device).expand(batch, total))
+    return visible, index[:, :num_visible]

@@ -109,6 +109,8 @@ def test_masks_keep_exactly_k_with_the_references_distribution(tokens: list[int]
         assert stats.chi2_contingency(np.stack([a[seen], b[seen]])).pvalue > 1e-3, m
     if tokens == [49] * 6:  # the figure: no token for a modality in 4.7 % of samples
         assert abs((ours == 0).mean() - 0.047) < 0.003
+    for part in visible.split(tokens, dim=1):  # within a modality every token as likely
+        assert stats.chisquare(part.sum(dim=0).numpy()).pvalue > 1e-3
 
 
 def test_masks_are_reproducible_from_the_generator() -> None:
