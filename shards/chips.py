@@ -78,20 +78,47 @@ class CubeDamageError(ValueError):
     """A cube unit marked complete that cannot be read back."""
 
 
-def read(group: zarr.Group, name: str, window: Any = ...) -> np.ndarray:
-    """`window` of array `name` of a cube unit; an error naming both if it cannot be decoded.
+class UnitReader:
+    """A cube unit's arrays, each opened once.
 
-    zarr raises its codecs' own errors (a checksum mismatch, a failed decompression),
-    which say nothing of where they come from.
+    Opening an array reads its zarr metadata, which costs more than reading a chip's
+    window of it (10 against 4 ms per chip of all arrays, measured on the sample world).
     """
-    try:
-        return np.asarray(array(group, name)[window])
-    except Exception as e:
-        unit = group.basename
-        raise CubeDamageError(
-            f"unit {unit} of the cube: array {name} cannot be read ({type(e).__name__}: {e}); "
-            f"delete the folder {unit} of the cube and run `eomae ingest` again to rewrite it"
-        ) from e
+
+    def __init__(self, group: zarr.Group) -> None:
+        self.group = group
+        self.arrays: dict[str, zarr.Array] = {}
+
+    @classmethod
+    def of(cls, cube: zarr.Group, unit_id: str) -> UnitReader:
+        """The reader of unit `unit_id` of the cube."""
+        group = cube[unit_id]
+        if not isinstance(group, zarr.Group):
+            raise TypeError(f"{unit_id} in the cube is not a unit group")
+        return cls(group)
+
+    def read(self, name: str, window: Any = ...) -> np.ndarray:
+        """`window` of array `name`; an error naming the unit and array if it cannot be read.
+
+        zarr raises its codecs' own errors (a checksum mismatch, a failed decompression),
+        which say nothing of where they come from.
+        """
+        try:
+            if name not in self.arrays:
+                self.arrays[name] = array(self.group, name)
+            return np.asarray(self.arrays[name][window])
+        except Exception as e:
+            unit = self.group.basename
+            raise CubeDamageError(
+                f"unit {unit} of the cube: array {name} cannot be read ({type(e).__name__}: "
+                f"{e}); delete the folder {unit} of the cube and run `eomae ingest` again to "
+                "rewrite it"
+            ) from e
+
+
+def read(group: zarr.Group, name: str, window: Any = ...) -> np.ndarray:
+    """`window` of array `name` of a cube unit (see `UnitReader.read`)."""
+    return UnitReader(group).read(name, window)
 
 
 def unit_origin(group: zarr.Group) -> tuple[int, float, float]:

@@ -33,7 +33,7 @@ from ingest.cube import open_cube, unit_problems
 from ingest.grid import RESOLUTION_M
 from ingest.parallel import imap_unordered
 from shards import sample, tar
-from shards.chips import Chip, read, scan_unit, split_chips
+from shards.chips import Chip, UnitReader, scan_unit, split_chips
 from shards.config import CONTENT_FIELDS, SPLITS, ShardConfig, join_url
 from shards.manifest import (
     FORMAT_VERSION,
@@ -107,12 +107,12 @@ def sample_meta(chip: Chip, split: str, unit: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def read_chip(group: zarr.Group, chip: Chip, size: int) -> dict[str, np.ndarray]:
+def read_chip(unit: UnitReader, chip: Chip, size: int) -> dict[str, np.ndarray]:
     """The arrays of one chip from its cube unit, shaped as the sample stores them."""
     rows, cols = slice(chip.row, chip.row + size), slice(chip.col, chip.col + size)
     arrays = {}
     for name in (*MODALITIES, VALID):
-        a = read(group, name, np.s_[..., rows, cols])
+        a = unit.read(name, np.s_[..., rows, cols])
         arrays[name] = a[None] if name in MODALITIES and a.ndim == 2 else a
     return arrays
 
@@ -142,16 +142,19 @@ def write_shard(
     fd, tmp = tempfile.mkstemp(prefix=f".{plan.name}.", suffix=".tmp", dir=tmp_dir)
     tmp_index = tmp.removesuffix(".tmp") + tar.INDEX_SUFFIX + ".tmp"
     cube = open_cube(cube_url)
-    groups: dict[str, Any] = {}
+    readers: dict[str, UnitReader] = {}
     try:
         with (
             os.fdopen(fd, "wb") as f,
             tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as archive,
         ):
             for chip in plan.chips:
-                group = groups.setdefault(chip.unit_id, cube[chip.unit_id])
+                if chip.unit_id not in readers:
+                    readers[chip.unit_id] = UnitReader.of(cube, chip.unit_id)
                 meta = sample_meta(chip, plan.split, units[chip.unit_id])
-                for suffix, data in sample.encode(read_chip(group, chip, size), meta):
+                for suffix, data in sample.encode(
+                    read_chip(readers[chip.unit_id], chip, size), meta
+                ):
                     _add_member(archive, f"{chip.key}.{suffix}", data)
         tar_bytes = os.path.getsize(tmp)
         with open(tmp, "rb") as written, open(tmp_index, "w") as out:

@@ -14,10 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import zarr
 
 from ingest.cube import open_cube
-from shards.chips import array, read
+from shards.chips import UnitReader, array
 from shards.modalities import DEM, LC, S2
 
 STATS_BLOCK = 1024  # pixels per side of the block read at once (12 bands: 100 MB as float64)
@@ -33,9 +32,8 @@ def _moments(x: np.ndarray, valid: np.ndarray) -> list[np.ndarray]:
 
 def unit_sums(cube_url: str, unit_id: str) -> Sums:
     """The sums of one unit of the cube, read block by block."""
-    group = open_cube(cube_url)[unit_id]
-    assert isinstance(group, zarr.Group), f"{unit_id} is not a unit group"
-    height, width = array(group, "valid").shape[-2:]
+    unit = UnitReader.of(open_cube(cube_url), unit_id)
+    height, width = array(unit.group, "valid").shape[-2:]
     sums: Sums = {
         S2.name: [np.zeros(len(S2.bands)) for _ in range(3)],
         DEM.name: [np.zeros(1) for _ in range(3)],
@@ -46,10 +44,10 @@ def unit_sums(cube_url: str, unit_id: str) -> Sums:
     for top in range(0, height, STATS_BLOCK):
         for left in range(0, width, STATS_BLOCK):
             window = np.s_[top : top + STATS_BLOCK, left : left + STATS_BLOCK]
-            valid = read(group, "valid", window).astype(bool)
-            s2 = read(group, "s2", (slice(None), *window))
-            dem = read(group, "dem", window)[None]
-            lc = read(group, "lc", window)
+            valid = unit.read("valid", window).astype(bool)
+            s2 = unit.read("s2", (slice(None), *window))
+            dem = unit.read("dem", window)[None]
+            lc = unit.read("lc", window)
             for name, x in ((S2.name, s2), (DEM.name, dem)):
                 sums[name] = [a + b for a, b in zip(sums[name], _moments(x, valid), strict=True)]
             sums["codes"] += np.bincount(lc.ravel(), minlength=256)
