@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 import pystac
 import pystac_client
@@ -46,6 +46,16 @@ def catalog_url(catalog: str) -> str:
     return PLANETARY_COMPUTER_URL if catalog == PLANETARY_COMPUTER else catalog
 
 
+class Filters(TypedDict, total=False):
+    """A search's filters, as `Catalog.search` takes them."""
+
+    bbox: Sequence[float] | None
+    datetime: str | None
+    max_cloud_cover: float | None
+    sortby: str | None
+    limit: int
+
+
 class Searchable(Protocol):
     """What planning asks of a catalog: a live one (`Catalog`) or a snapshot of one."""
 
@@ -58,16 +68,7 @@ class Searchable(Protocol):
         """Ids of the collections there are."""
         ...
 
-    def search(
-        self,
-        collection: str,
-        *,
-        bbox: Sequence[float] | None = None,
-        datetime: str | None = None,
-        max_cloud_cover: float | None = None,
-        sortby: str | None = None,
-        limit: int = 100,
-    ) -> list[pystac.Item]:
+    def search(self, collection: str, **filters: Unpack[Filters]) -> list[pystac.Item]:
         """The items of `collection` matching the filters (see `Catalog.search`)."""
         ...
 

@@ -55,7 +55,40 @@ def bbox_geometry(bbox: BBox) -> BaseGeometry:
     return MultiPolygon([box(w, s, 180.0, n), box(-180.0, s, e, n)])
 
 
-class IngestConfig(BaseModel):
+class Areas(BaseModel):
+    """Areas of interest as a command takes them: boxes, a GeoJSON file, or both."""
+
+    bbox: list[BBox] = Field(
+        default_factory=list,
+        description="Areas of interest as west,south,east,north in degrees; repeatable.",
+    )
+    aoi_file: Path | None = Field(None, description="GeoJSON file with AOI polygons.")
+
+    _group_flat_numbers = field_validator("bbox", mode="before")(group_bbox_numbers)
+
+    @field_validator("bbox")
+    @classmethod
+    def _bboxes_valid(cls, boxes: list[BBox]) -> list[BBox]:
+        return [check_bbox(b) for b in boxes]
+
+    @field_validator("aoi_file")
+    @classmethod
+    def _aoi_file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"aoi_file {path} does not exist")
+        return path
+
+    def aois(self) -> list[BaseGeometry]:
+        """AOI geometries in EPSG:4326, each planned on its own; boxes crossing 180° split."""
+        geoms: list[BaseGeometry] = [bbox_geometry(b) for b in self.bbox]
+        if self.aoi_file is not None:
+            data = json.loads(Path(self.aoi_file).read_text())
+            features = data.get("features", [data]) if data.get("type") != "Feature" else [data]
+            geoms += [shape(f.get("geometry", f)) for f in features]
+        return geoms
+
+
+class IngestConfig(Areas):
     """What to ingest, from where, and how hard to push the catalog."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -68,11 +101,6 @@ class IngestConfig(BaseModel):
         description="Plan from this STAC GeoParquet snapshot (RUN/ingest/catalog.parquet of "
         "an earlier run) instead of the catalog: no search, the same plan.",
     )
-    bbox: list[BBox] = Field(
-        default_factory=list,
-        description="Areas of interest as west,south,east,north in degrees; repeatable.",
-    )
-    aoi_file: Path | None = Field(None, description="GeoJSON file with AOI polygons.")
     start: date = Field(description="First acquisition date (inclusive), YYYY-MM-DD.")
     end: date = Field(description="Last acquisition date (inclusive), YYYY-MM-DD.")
     max_cloud_cover: float = Field(
@@ -103,23 +131,14 @@ class IngestConfig(BaseModel):
         4, ge=1, le=64, description="Raster reads in flight per unit."
     )
 
-    _group_flat_numbers = field_validator("bbox", mode="before")(group_bbox_numbers)
-
-    @field_validator("bbox")
-    @classmethod
-    def _bboxes_valid(cls, boxes: list[BBox]) -> list[BBox]:
-        return [check_bbox(b) for b in boxes]
-
     @model_validator(mode="after")
     def _aoi_and_dates(self) -> IngestConfig:
         if not self.bbox and self.aoi_file is None:
             raise ValueError("give an area of interest: --bbox W,S,E,N or --aoi-file FILE")
         if self.end < self.start:
             raise ValueError(f"end {self.end} is before start {self.start}")
-        for name in ("aoi_file", "catalog_snapshot"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise ValueError(f"{name} {path} does not exist")
+        if self.catalog_snapshot is not None and not Path(self.catalog_snapshot).is_file():
+            raise ValueError(f"catalog_snapshot {self.catalog_snapshot} does not exist")
         return self
 
     @property
@@ -130,12 +149,3 @@ class IngestConfig(BaseModel):
         bound of 23:59:59 would drop.
         """
         return f"{self.start}T00:00:00Z/{self.end}T23:59:59.999999Z"
-
-    def aois(self) -> list[BaseGeometry]:
-        """AOI geometries in EPSG:4326, each planned on its own; boxes crossing 180° split."""
-        geoms: list[BaseGeometry] = [bbox_geometry(b) for b in self.bbox]
-        if self.aoi_file is not None:
-            data = json.loads(Path(self.aoi_file).read_text())
-            features = data.get("features", [data]) if data.get("type") != "Feature" else [data]
-            geoms += [shape(f.get("geometry", f)) for f in features]
-        return geoms

@@ -35,7 +35,7 @@ import geopandas as gpd
 import mgrs
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from pyproj import Transformer
 from scipy.spatial import cKDTree
 from shapely import contains_xy
@@ -43,7 +43,7 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
-from ingest.config import BBox, bbox_geometry, check_bbox, group_bbox_numbers
+from ingest.config import Areas, bbox_geometry
 from ingest.grid import RESOLUTION_M, lonlat_footprint, parts
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,11 @@ class SampleError(ValueError):
     """A sampling request that cannot be met, or an input file that cannot be read."""
 
 
-class SampleConfig(BaseModel):
-    """`eomae sample`: where a corpus's chips are, as cells of the chip grid."""
+class SampleConfig(Areas):
+    """`eomae sample`: where a corpus's chips are, as cells of the chip grid.
+
+    The areas (`bbox`, `aoi_file`) are those of the uniform and grid strategies.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -65,23 +68,12 @@ class SampleConfig(BaseModel):
     points: Path | None = Field(
         None, description="points: GeoJSON, GeoParquet or CSV (lon, lat columns) file."
     )
-    bbox: list[BBox] = Field(
-        default_factory=list, description="uniform/grid: areas as west,south,east,north."
-    )
-    aoi_file: Path | None = Field(None, description="uniform/grid: GeoJSON with AOI polygons.")
     count: int | None = Field(None, ge=1, description="uniform: how many locations.")
     min_distance_km: float = Field(0.0, ge=0, description="uniform: least distance between two.")
     spacing_km: float = Field(10.0, gt=0, description="grid: distance between grid points.")
     chip_size: int = Field(64, ge=8, le=2048, description="Chip size in 10 m pixels.")
     seed: int = Field(0, description="Seed of the uniform draw.")
     out: Path = Field(Path("locations.parquet"), description="GeoParquet file to write.")
-
-    _group_flat_numbers = field_validator("bbox", mode="before")(group_bbox_numbers)
-
-    @field_validator("bbox")
-    @classmethod
-    def _bboxes_valid(cls, boxes: list[BBox]) -> list[BBox]:
-        return [check_bbox(b) for b in boxes]
 
     @model_validator(mode="after")
     def _inputs(self) -> SampleConfig:
@@ -91,17 +83,9 @@ class SampleConfig(BaseModel):
             raise ValueError("strategy uniform needs --count N")
         if self.strategy == "uniform" and not (self.bbox or self.aoi_file):
             raise ValueError("strategy uniform needs an area: --bbox W,S,E,N or --aoi-file")
-        for path in (self.points, self.aoi_file):
-            if path is not None and not Path(path).is_file():
-                raise ValueError(f"{path} does not exist")
+        if self.points is not None and not Path(self.points).is_file():
+            raise ValueError(f"points {self.points} does not exist")
         return self
-
-    def aois(self) -> list[BaseGeometry]:
-        """The AOIs in lon/lat; boxes crossing 180° split."""
-        geoms = [bbox_geometry(b) for b in self.bbox]
-        if self.aoi_file is not None:
-            geoms += [g for g in _read_geometries(self.aoi_file) if g.area > 0]
-        return geoms
 
 
 def sample_locations(cfg: SampleConfig) -> gpd.GeoDataFrame:

@@ -21,7 +21,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime as DateTime
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,7 +29,7 @@ import pystac
 import stac_geoparquet.arrow as stac_arrow
 from shapely.geometry import box, shape
 
-from ingest.catalog import CatalogError, Searchable
+from ingest.catalog import CatalogError, Filters, Searchable
 
 SNAPSHOT_FILE = "catalog.parquet"  # under RUN/ingest/
 ITEM_JSON = "eomae:item_json"  # a column beside stac-geoparquet's: each item's JSON as given
@@ -51,20 +51,9 @@ class RecordingCatalog:
         """The recorded catalog's collections."""
         return self.catalog.collections()
 
-    def search(
-        self,
-        collection: str,
-        *,
-        bbox: Sequence[float] | None = None,
-        datetime: str | None = None,
-        max_cloud_cover: float | None = None,
-        sortby: str | None = None,
-        limit: int = 100,
-    ) -> list[pystac.Item]:
+    def search(self, collection: str, **filters: Unpack[Filters]) -> list[pystac.Item]:
         """The catalog's answer, remembered."""
-        found = self.catalog.search(collection, bbox=bbox, datetime=datetime,
-                                    max_cloud_cover=max_cloud_cover, sortby=sortby,
-                                    limit=limit)  # fmt: skip
+        found = self.catalog.search(collection, **filters)
         for item in found:
             self._seen.setdefault((collection, item.id), item.to_dict(transform_hrefs=False))
         return found
