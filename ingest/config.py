@@ -101,6 +101,11 @@ class IngestConfig(Areas):
         description="Plan from this STAC GeoParquet snapshot (RUN/ingest/catalog.parquet of "
         "an earlier run) instead of the catalog: no search, the same plan.",
     )
+    locations: Path | None = Field(
+        None,
+        description="A corpus's cells (GeoParquet from `eomae sample`) instead of areas: "
+        "each cell is ingested alone, its tile searched once for all its cells.",
+    )
     start: date = Field(description="First acquisition date (inclusive), YYYY-MM-DD.")
     end: date = Field(description="Last acquisition date (inclusive), YYYY-MM-DD.")
     max_cloud_cover: float = Field(
@@ -133,12 +138,16 @@ class IngestConfig(Areas):
 
     @model_validator(mode="after")
     def _aoi_and_dates(self) -> IngestConfig:
-        if not self.bbox and self.aoi_file is None:
-            raise ValueError("give an area of interest: --bbox W,S,E,N or --aoi-file FILE")
+        areas = bool(self.bbox) or self.aoi_file is not None
+        if areas == (self.locations is not None):
+            raise ValueError("give areas of interest (--bbox W,S,E,N, --aoi-file FILE) or "
+                             "--locations FILE, one of the two")  # fmt: skip
         if self.end < self.start:
             raise ValueError(f"end {self.end} is before start {self.start}")
-        if self.catalog_snapshot is not None and not Path(self.catalog_snapshot).is_file():
-            raise ValueError(f"catalog_snapshot {self.catalog_snapshot} does not exist")
+        for name in ("catalog_snapshot", "locations"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} {path} does not exist")
         return self
 
     @property

@@ -161,8 +161,16 @@ def tile_grids(
 ) -> list[Grid]:
     """One grid per AOI that touches the tile; grids that overlap are merged into one."""
     tile = sentinel2.tile_footprint(epsg, bounds)
-    pending = [g for a in aois if a.intersects(tile)
-               if (g := chip_grid(epsg, bounds, a, chip_size)) is not None]  # fmt: skip
+    return merge_grids([g for a in aois if a.intersects(tile)
+                        if (g := chip_grid(epsg, bounds, a, chip_size)) is not None])  # fmt: skip
+
+
+def merge_grids(grids: list[Grid]) -> list[Grid]:
+    """Grids of one tile, those that overlap merged into one (no chip is cut twice).
+
+    North to south, then west to east.
+    """
+    pending = list(grids)
     merged: list[Grid] = []
     while pending:
         grid = pending.pop()
@@ -176,13 +184,17 @@ def tile_grids(
 
 
 def search_scenes(
-    cfg: IngestConfig, catalog: Searchable, aois: list[BaseGeometry], skipped: list[Skipped]
+    cfg: IngestConfig,
+    catalog: Searchable,
+    aois: list[BaseGeometry],
+    skipped: list[Skipped],
+    tile: str | None = None,
 ) -> list[dict]:
     """S2 items touching any AOI, searched AOI by AOI (never one box around all of them).
 
     An item the planner cannot use goes to `skipped` with its reason; so does an item
     without `eo:cloud_cover` under a cloud limit. With no limit (100 %) it is planned,
-    ranked as fully cloudy.
+    ranked as fully cloudy. `tile`: only that MGRS tile's items (others are left alone).
     """
     found: dict[str, dict] = {}
     bad: set[str] = set()  # ids skipped for a problem, not looked at again
@@ -198,6 +210,8 @@ def search_scenes(
             if item.id in found or item.id in bad:
                 continue
             data = item.to_dict(transform_hrefs=False)
+            if tile is not None and data["properties"].get("s2:mgrs_tile") != tile:
+                continue
             problem = sentinel2.item_problem(data)
             if problem is None and limit is not None and _no_cloud_cover(data):
                 problem = (f"no eo:cloud_cover: cannot tell whether it is within "
@@ -265,27 +279,44 @@ def make_plan(cfg: IngestConfig, catalog: Searchable) -> Plan:
                 catalog, worldcover.COLLECTION, worldcover.ASSET, footprint,
                 lambda i: worldcover.item_version(i) == cfg.worldcover_version,
             )  # fmt: skip
-            for item in chosen:
-                baseline, inferred = sentinel2.processing_baseline(item)
-                units.append(
-                    Unit(
-                        unit_id=unit_id(item, grid if len(grids) > 1 else None),
-                        mgrs_tile=tile,
-                        datetime=item["properties"]["datetime"],
-                        baseline=baseline,
-                        cloud_cover=float(item["properties"].get("eo:cloud_cover", 100.0)),
-                        grid=grid.to_dict(),
-                        s2_item=item,
-                        dem_hrefs=[h for _, h in dems],
-                        dem_items=[i for i, _ in dems],
-                        lc_hrefs=[h for _, h in lcs],
-                        lc_items=[i for i, _ in lcs],
-                        worldcover_version=cfg.worldcover_version,
-                        usable_share=round(sentinel2.usable_share(item, footprint), 6),
-                        baseline_inferred=inferred,
-                    )
-                )
+            tag = grid if len(grids) > 1 else None
+            units += units_on(grid, tag, tile, chosen, dems, lcs, cfg, footprint)
     return Plan(units, sorted(skipped, key=lambda s: s.item_id))
+
+
+def units_on(
+    grid: Grid,
+    tag: Grid | None,
+    tile: str,
+    chosen: list[dict],
+    dems: list[tuple[str, str]],
+    lcs: list[tuple[str, str]],
+    cfg: IngestConfig,
+    footprint: BaseGeometry,
+) -> list[Unit]:
+    """The units of the chosen scenes on one grid (`tag`: the grid, when a tile has several)."""
+    units = []
+    for item in chosen:
+        baseline, inferred = sentinel2.processing_baseline(item)
+        units.append(
+            Unit(
+                unit_id=unit_id(item, tag),
+                mgrs_tile=tile,
+                datetime=item["properties"]["datetime"],
+                baseline=baseline,
+                cloud_cover=float(item["properties"].get("eo:cloud_cover", 100.0)),
+                grid=grid.to_dict(),
+                s2_item=item,
+                dem_hrefs=[h for _, h in dems],
+                dem_items=[i for i, _ in dems],
+                lc_hrefs=[h for _, h in lcs],
+                lc_items=[i for i, _ in lcs],
+                worldcover_version=cfg.worldcover_version,
+                usable_share=round(sentinel2.usable_share(item, footprint), 6),
+                baseline_inferred=inferred,
+            )
+        )
+    return units
 
 
 def covering(
@@ -300,14 +331,26 @@ def covering(
     Searched part by part (a footprint split at 180° has two), sorted by id. `keep`
     (an item dict -> bool) filters them, e.g. to one WorldCover version.
     """
-    found: dict[str, str] = {}
+    return [(i, href) for i, href, _ in covering_items(catalog, collection, asset, footprint, keep)]
+
+
+def covering_items(
+    catalog: Searchable,
+    collection: str,
+    asset: str,
+    footprint: BaseGeometry,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
+) -> list[tuple[str, str, BaseGeometry]]:
+    """`covering`, with each item's geometry (to pick those of smaller footprints later)."""
+    found: dict[str, tuple[str, BaseGeometry]] = {}
     for part in parts(footprint):
         for item in catalog.search(collection, bbox=part.bounds):
-            if asset not in item.assets or not shape(item.geometry).intersects(part):
+            geometry = shape(item.geometry)
+            if asset not in item.assets or not geometry.intersects(part):
                 continue
             if keep is None or keep(item.to_dict(transform_hrefs=False)):
-                found[item.id] = item.assets[asset].href
-    return sorted(found.items())
+                found[item.id] = (item.assets[asset].href, geometry)
+    return [(i, href, geometry) for i, (href, geometry) in sorted(found.items())]
 
 
 def plan_to_json(plan: Plan, cfg: IngestConfig) -> str:

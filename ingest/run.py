@@ -25,8 +25,10 @@ import numpy as np
 from ingest.catalog import open_catalog
 from ingest.config import IngestConfig
 from ingest.cube import COVERAGE_BITS, CUBE_NAME, is_complete, open_cube, write_unit
+from ingest.locations import read_cells
 from ingest.parallel import imap_unordered
 from ingest.plan import Plan, Unit, make_plan, plan_to_json
+from ingest.plan_cells import make_cells_plan
 from ingest.raster import ReadError, redact
 from ingest.signing import TokenError
 from ingest.snapshot import SNAPSHOT_FILE, RecordingCatalog, SnapshotCatalog, write_snapshot
@@ -163,7 +165,7 @@ STATUS_EVERY_S = 5.0  # status.json is rewritten at most this often while units 
 # What a run directory's data depends on; the catalog URL, Ray address and concurrency
 # may change between runs (the local services get new ports on every start).
 PLAN_FIELDS = frozenset(
-    {"bbox", "aoi_file", "start", "end", "max_cloud_cover", "scenes_per_tile",
+    {"bbox", "aoi_file", "locations", "start", "end", "max_cloud_cover", "scenes_per_tile",
      "spread_seasons", "chip_size", "worldcover_version"}
 )  # fmt: skip
 
@@ -186,7 +188,10 @@ def plan_or_load(cfg: IngestConfig) -> Plan:
             )
     source = SnapshotCatalog(cfg.catalog_snapshot) if cfg.catalog_snapshot else None
     catalog = RecordingCatalog(source or open_catalog(cfg.catalog))
-    plan = make_plan(cfg, catalog)
+    if cfg.locations is not None:
+        plan = make_cells_plan(cfg, catalog, read_cells(cfg.locations))
+    else:
+        plan = make_plan(cfg, catalog)
     fs.makedirs(fs._parent(path), exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:  # the items planned from, for a re-plan
         written = write_snapshot(catalog.items(), Path(tmp) / SNAPSHOT_FILE)

@@ -1,0 +1,97 @@
+"""`eomae ingest --locations`: a corpus of scattered cells, planned per MGRS tile, ingested
+cell by cell."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from shapely.geometry import box
+
+from ingest.catalog import open_catalog
+from ingest.config import IngestConfig
+from ingest.cube import open_cube
+from ingest.locations import SampleConfig, SampleError, read_cells, sample_locations, write_cells
+from ingest.plan_cells import make_cells_plan
+from ingest.run import run_ingest
+from ingest.snapshot import RecordingCatalog
+from ingest.sources import sentinel2
+
+
+class Counting(RecordingCatalog):
+    """A catalog that also keeps the box of every search."""
+
+    def __init__(self, catalog: Any) -> None:
+        super().__init__(catalog)
+        self.boxes: list[tuple[str, tuple[float, ...]]] = []
+
+    def search(self, collection: str, **filters: Any) -> list[Any]:  # type: ignore[override]
+        self.boxes.append((collection, tuple(filters["bbox"])))
+        return super().search(collection, **filters)
+
+
+@pytest.fixture
+def corpus(truth: dict, tmp_path: Path) -> Path:
+    """12 cells of 64 px scattered over the sample world, at least 1 km apart."""
+    cfg = SampleConfig(strategy="uniform", bbox=[tuple(truth["region"])], count=12,
+                       min_distance_km=1.0, seed=1)  # fmt: skip
+    return write_cells(sample_locations(cfg), tmp_path / "locations.parquet")
+
+
+def test_cells_are_planned_per_tile_each_on_its_own_chip(
+    make_config: Callable[..., IngestConfig], corpus: Path, tmp_path: Path
+) -> None:
+    cells = read_cells(corpus)
+    cfg = make_config(tmp_path / "run", bbox=[], locations=corpus, scenes_per_tile=2)
+    catalog = Counting(open_catalog(cfg.catalog))
+    plan = make_cells_plan(cfg, catalog, cells)
+
+    by_cell = {(c.epsg, c.left, c.top): c for c in cells.itertuples()}
+    planned = {(u.grid["epsg"], u.grid["left"], u.grid["top"]) for u in plan.units}
+    assert planned <= set(by_cell)  # every unit is one cell's chip, nothing in between
+    assert all((u.grid["width"], u.grid["height"]) == (64, 64) for u in plan.units)
+    for u in plan.units:
+        cell = by_cell[(u.grid["epsg"], u.grid["left"], u.grid["top"])]
+        assert u.s2_item["properties"]["s2:mgrs_tile"] == cell.mgrs == u.mgrs_tile
+        assert u.dem_hrefs and u.lc_hrefs
+    per_cell = {k: sum((u.grid["epsg"], u.grid["left"], u.grid["top"]) == k for u in plan.units)
+                for k in planned}  # fmt: skip
+    assert set(per_cell.values()) == {2}  # scenes_per_tile scenes of each cell
+    # every cell is planned or said not to be: alone, or with its tile
+    alone = [s for s in plan.skipped if s.item_id.startswith("cell ")]
+    with_tile = [int(s.reason.split()[4]) for s in plan.skipped if s.item_id.startswith("tile ")]
+    assert len(planned) + len(alone) + sum(with_tile) == len(cells)
+    assert all(s.reason.startswith("no scene of tile") for s in alone)
+
+    # one search per tile and collection (DEM, land cover: tiles with scenes), each within
+    # the box of the tile's cells
+    tiles = cells.groupby("mgrs")
+    searched = [c for c, _ in catalog.boxes]
+    assert searched.count(sentinel2.COLLECTION) == tiles.ngroups
+    for collection in set(searched) - {sentinel2.COLLECTION}:
+        assert searched.count(collection) == tiles.ngroups - len(with_tile)
+    groups = [box(*g.total_bounds) for _, g in tiles]
+    for _, bbox in catalog.boxes:
+        assert any(g.buffer(1e-9).contains(box(*bbox)) for g in groups), bbox
+
+
+def test_a_corpus_ingests_cell_by_cell(
+    make_config: Callable[..., IngestConfig], corpus: Path, ray_session: None, tmp_path: Path
+) -> None:
+    cfg = make_config(tmp_path / "run", bbox=[], locations=corpus, scenes_per_tile=1)
+    summary = run_ingest(cfg)
+    assert summary["done"] == summary["units"] > 0 and not summary["failed"]
+    cube = open_cube(f"{tmp_path}/run/cube.zarr")
+    for unit in cube.group_keys():
+        valid = np.asarray(cube[unit]["valid"][...])  # type: ignore[index]
+        assert valid.shape == (64, 64)
+        assert cube[unit]["s2"].shape == (len(sentinel2.BAND_NAMES), 64, 64)  # type: ignore[union-attr]
+    # the cells' chip size is the ingest's: a mismatch is named
+    with pytest.raises(SampleError, match=r"cells of \[64\] px; chip_size is 32"):
+        make_cells_plan(cfg.model_copy(update={"chip_size": 32}), open_catalog(cfg.catalog),
+                        read_cells(corpus))  # fmt: skip
+    with pytest.raises(ValueError, match="one of the two"):
+        make_config(tmp_path / "both", locations=corpus)  # its bbox too
