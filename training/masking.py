@@ -47,25 +47,22 @@ def sample_visible(
     # counts[:, m] tokens of each modality, a uniform subset: selection sampling (Knuth's
     # algorithm S) over the token positions, every sample and modality at once; a sort
     # of the noise would cost ~3x as much.
-    sizes = torch.tensor(tokens, device=device)
-    need = torch.minimum(counts, sizes)  # (B, M): all of a modality's tokens at most
-    left = sizes.expand(batch, -1).clone()
-    noise = torch.rand(batch, len(tokens), max(tokens), generator=generator, device=device)
-    picked = torch.empty(noise.shape, dtype=torch.bool, device=device)
+    sizes = torch.tensor(tokens, device=device, dtype=torch.float32)
+    need = torch.minimum(counts.float(), sizes)  # (B, M): all of a modality's tokens at most
+    noise = torch.rand(max(tokens), batch, len(tokens), generator=generator, device=device)
+    takes = []
     for j in range(max(tokens)):  # a loop over token positions, never over samples
-        take = noise[:, :, j] * left < need  # with probability need / left
-        picked[:, :, j] = take
-        need = need - take.long()
-        left = left - 1  # past a modality's last token: columns dropped below
-    chosen = torch.cat([picked[:, m, :n] for m, n in enumerate(tokens)], dim=1)  # (B, N)
+        take = noise[j] * (sizes - j) < need  # with probability need / tokens left
+        takes.append(take)
+        need = need - take.float()  # past a modality's last token: columns dropped below
+    picked = torch.stack(takes, dim=2)  # (B, M, max tokens)
+    if len(set(tokens)) == 1:
+        chosen = picked.view(batch, total)  # (B, N)
+    else:
+        chosen = torch.cat([picked[:, m, :n] for m, n in enumerate(tokens)], dim=1)
 
     # Exactly K: the chosen in random order, then the others; the first K.
     tiebreak = torch.rand(batch, total, generator=generator, device=device)
     keep = ((~chosen).float() + tiebreak).topk(num_visible, dim=1, largest=False).indices
     visible = torch.zeros(batch, total, dtype=torch.bool, device=device)
-    visible.scatter_(1, keep, True)
-    # ascending indices without a sort: each visible token goes to its rank among them
-    rank = torch.where(visible, visible.cumsum(dim=1) - 1, num_visible)  # spare column K
-    index = torch.zeros(batch, num_visible + 1, dtype=torch.long, device=device)
-    index.scatter_(1, rank, torch.arange(total, device=device).expand(batch, total))
-    return visible, index[:, :num_visible]
+    return visible.scatter_(1, keep, True), keep.sort(dim=1).values
