@@ -184,17 +184,13 @@ def merge_grids(grids: list[Grid]) -> list[Grid]:
 
 
 def search_scenes(
-    cfg: IngestConfig,
-    catalog: Searchable,
-    aois: list[BaseGeometry],
-    skipped: list[Skipped],
-    tile: str | None = None,
+    cfg: IngestConfig, catalog: Searchable, aois: list[BaseGeometry], skipped: list[Skipped]
 ) -> list[dict]:
     """S2 items touching any AOI, searched AOI by AOI (never one box around all of them).
 
     An item the planner cannot use goes to `skipped` with its reason; so does an item
     without `eo:cloud_cover` under a cloud limit. With no limit (100 %) it is planned,
-    ranked as fully cloudy. `tile`: only that MGRS tile's items (others are left alone).
+    ranked as fully cloudy.
     """
     found: dict[str, dict] = {}
     bad: set[str] = set()  # ids skipped for a problem, not looked at again
@@ -210,8 +206,6 @@ def search_scenes(
             if item.id in found or item.id in bad:
                 continue
             data = item.to_dict(transform_hrefs=False)
-            if tile is not None and data["properties"].get("s2:mgrs_tile") != tile:
-                continue
             problem = sentinel2.item_problem(data)
             if problem is None and limit is not None and _no_cloud_cover(data):
                 problem = (f"no eo:cloud_cover: cannot tell whether it is within "

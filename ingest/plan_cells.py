@@ -1,16 +1,18 @@
 """Planning the ingest of a corpus of locations (`eomae ingest --locations FILE`).
 
 The cells of `eomae sample` (ingest.locations) are grouped by the MGRS tile that holds
-them. Each group is searched once, with its own footprint: the tile's Sentinel-2 scenes,
-and the DEM and land-cover items meeting its cells. So no request spans more than a tile
-and planning grows with the number of tiles and cells, never with the area between
-them. Each cell is a grid of one chip (cells that overlap, from a coarser sampling, are
-merged as the AOI planner merges grids) and a unit is one scene on one such grid: a unit
-reads only the windows of its chip from every raster, so its memory is set by the chip
-size, not the tile's.
+them. Each group is searched once per collection, with the box of its cells: Sentinel-2
+scenes (its tile's and the overlapping neighbours'), DEM and land-cover items. So no
+request spans more than a tile and planning grows with the number of tiles and cells,
+never with the area between them. Each cell is a grid of one chip (cells that overlap,
+from a coarser sampling, are merged as the AOI planner merges grids) and a unit is one
+scene on one such grid: a unit reads only the windows of its chip from every raster, so
+its memory is set by the chip size, not the tile's.
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
 
 import geopandas as gpd
 from shapely.geometry import box, shape
@@ -37,26 +39,29 @@ from ingest.sources import dem, sentinel2, worldcover
 
 
 def make_cells_plan(cfg: IngestConfig, catalog: Searchable, cells: gpd.GeoDataFrame) -> Plan:
-    """Units for every cell that has scenes; a tile without any is said in `skipped`."""
+    """Units for every cell that has scenes; a cell or tile without any is said in `skipped`.
+
+    A cell's scenes are those of any tile in its UTM zone that shows it (the tiles
+    overlap), one per acquisition, its own tile's first.
+    """
     sizes = set(cells["chip_size"])
     if sizes != {cfg.chip_size}:
         raise SampleError(f"the locations are cells of {sorted(sizes)} px; "
                           f"chip_size is {cfg.chip_size}: sample again with it")  # fmt: skip
     skipped: list[Skipped] = []
     units: list[Unit] = []
-    for tile, group in cells.groupby("mgrs", sort=True):
+    for name, group in cells.groupby("mgrs", sort=True):
         area = _search_area(group)
-        scenes = search_scenes(cfg, catalog, [area], skipped, tile=str(tile))
+        scenes = search_scenes(cfg, catalog, [area], skipped)  # its tile's and neighbours'
         if not scenes:
-            skipped.append(Skipped(f"tile {tile}", f"no scene for its {len(group)} cells"))
+            skipped.append(Skipped(f"tile {name}", f"no scene for its {len(group)} cells"))
             continue
-        (epsg, _), items = agreeing(scenes, skipped)
-        other = group[group["epsg"] != epsg]
-        if len(other):
-            why = f"{len(other)} cells in EPSG:{int(other['epsg'].iloc[0])}, the tile's is {epsg}"
-            skipped.append(Skipped(f"tile {tile}", why))
-        grids = merge_grids([Grid(epsg, float(c.left), float(c.top), cfg.chip_size, cfg.chip_size)
-                             for c in group[group["epsg"] == epsg].itertuples()])  # fmt: skip
+        by_tile: dict[str, list[dict]] = defaultdict(list)
+        for scene in scenes:
+            by_tile[scene["properties"]["s2:mgrs_tile"]].append(scene)
+        frames = {tile: agreeing(found, skipped) for tile, found in sorted(by_tile.items())}
+        grids = merge_grids([Grid(int(c.epsg), float(c.left), float(c.top), cfg.chip_size,
+                                  cfg.chip_size) for c in group.itertuples()])  # fmt: skip
         dems = covering_items(catalog, dem.COLLECTION, dem.ASSET, area)
         lcs = covering_items(
             catalog, worldcover.COLLECTION, worldcover.ASSET, area,
@@ -64,19 +69,26 @@ def make_cells_plan(cfg: IngestConfig, catalog: Searchable, cells: gpd.GeoDataFr
         )  # fmt: skip
         for grid in grids:
             cell = grid.footprint()
-            seen = [i for i in items if shape(i["geometry"]).intersects(cell)]
+            seen = _one_per_acquisition(
+                [(tile, item) for tile, ((epsg, _), items) in frames.items() if epsg == grid.epsg
+                 for item in items if shape(item["geometry"]).intersects(cell)],
+                str(name), cell,
+            )  # fmt: skip
             chosen = pick_scenes(seen, cfg.scenes_per_tile, cfg.spread_seasons, cell)
             if not chosen:
-                name = f"cell {epsg}_{int(grid.left)}_{int(grid.top)}_{grid.width}"
-                skipped.append(Skipped(name, f"no scene of tile {tile} covers it"))
+                cell_id = f"cell {grid.epsg}_{int(grid.left)}_{int(grid.top)}_{grid.width}"
+                skipped.append(Skipped(cell_id, f"no scene in EPSG:{grid.epsg} covers it"))
                 continue
             dem_here = [(i, href) for i, href, g in dems if g.intersects(cell)]
             lc_here = [(i, href) for i, href, g in lcs if g.intersects(cell)]
-            units += units_on(grid, grid, str(tile), chosen, dem_here, lc_here, cfg, cell)
+            for item in chosen:
+                tile = item["properties"]["s2:mgrs_tile"]
+                units += units_on(grid, grid, tile, [item], dem_here, lc_here, cfg, cell)
     if not units:
         raise NothingMatched(f"no scene of {sentinel2.COLLECTION} at {catalog.url} for any of "
                              f"the {len(cells)} cells in {cfg.datetime}")  # fmt: skip
-    return Plan(units, sorted(skipped, key=lambda s: s.item_id))
+    # a neighbour's bad item is met by each tile whose cells it covers: said once
+    return Plan(units, sorted(set(skipped), key=lambda s: (s.item_id, s.reason)))
 
 
 def _search_area(group: gpd.GeoDataFrame) -> BaseGeometry:
@@ -88,3 +100,21 @@ def _search_area(group: gpd.GeoDataFrame) -> BaseGeometry:
     if east - west > 180:  # cells on both sides of the antimeridian
         return unary_union(list(group.geometry))
     return box(west, south, east, north)
+
+
+def _one_per_acquisition(
+    candidates: list[tuple[str, dict]], tile: str, cell: BaseGeometry
+) -> list[dict]:
+    """One scene per acquisition, of the tiles that show the cell.
+
+    Overlapping tiles show a cell in several products of one take: the product of the
+    cell's own tile is kept, else the one that shows most of the cell.
+    """
+    best: dict[tuple[str, str, int], tuple[tuple[bool, float, str], dict]] = {}
+    for own, item in candidates:
+        key = (item["properties"]["datetime"][:19], sentinel2.platform_code(item),
+               sentinel2.relative_orbit(item))  # fmt: skip
+        rank = (own != tile, -sentinel2.usable_share(item, cell), item["id"])
+        if key not in best or rank < best[key][0]:
+            best[key] = (rank, item)
+    return [item for _, item in best.values()]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from shapely.geometry import box
+from shapely.geometry import box, shape
 
 from ingest.catalog import open_catalog
 from ingest.config import IngestConfig
@@ -53,9 +53,11 @@ def test_cells_are_planned_per_tile_each_on_its_own_chip(
     planned = {(u.grid["epsg"], u.grid["left"], u.grid["top"]) for u in plan.units}
     assert planned <= set(by_cell)  # every unit is one cell's chip, nothing in between
     assert all((u.grid["width"], u.grid["height"]) == (64, 64) for u in plan.units)
-    for u in plan.units:
+    for u in plan.units:  # a scene of a tile in the cell's zone that shows the cell
         cell = by_cell[(u.grid["epsg"], u.grid["left"], u.grid["top"])]
-        assert u.s2_item["properties"]["s2:mgrs_tile"] == cell.mgrs == u.mgrs_tile
+        assert u.s2_item["properties"]["s2:mgrs_tile"] == u.mgrs_tile
+        assert sentinel2.item_epsg(u.s2_item) == cell.epsg
+        assert shape(u.s2_item["geometry"]).intersects(cell.geometry)
         assert u.dem_hrefs and u.lc_hrefs
     per_cell = {k: sum((u.grid["epsg"], u.grid["left"], u.grid["top"]) == k for u in plan.units)
                 for k in planned}  # fmt: skip
@@ -64,10 +66,10 @@ def test_cells_are_planned_per_tile_each_on_its_own_chip(
     alone = [s for s in plan.skipped if s.item_id.startswith("cell ")]
     with_tile = [int(s.reason.split()[4]) for s in plan.skipped if s.item_id.startswith("tile ")]
     assert len(planned) + len(alone) + sum(with_tile) == len(cells)
-    assert all(s.reason.startswith("no scene of tile") for s in alone)
+    assert all(s.reason.startswith("no scene in EPSG:") for s in alone)
 
-    # one search per tile and collection (DEM, land cover: tiles with scenes), each within
-    # the box of the tile's cells
+    # one search per (named) tile of cells and collection (DEM, land cover: where there are
+    # scenes), each within the box of that tile's cells
     tiles = cells.groupby("mgrs")
     searched = [c for c, _ in catalog.boxes]
     assert searched.count(sentinel2.COLLECTION) == tiles.ngroups
