@@ -7,8 +7,9 @@
 
 A cell is one chip of the grid every stage uses (`ingest.grid`): the UTM zone of the
 location's MGRS tile, 10 m pixels, its origin a multiple of the chip extent. So a cell's id
-("32632_680320_5245440_64": EPSG, left, top, chip size) is the same whoever samples it, and
-the tile that holds it (`mgrs`) is what the planner groups cells by.
+("32632_680320_5245440": EPSG, left, top; the `chip_id` its chips carry in the shards)
+is the same whoever samples it, and the tile that holds it (`mgrs`) is what the planner
+groups cells by.
 
 Strategies:
 - `points`: the cells of the points of a file (GeoJSON, GeoParquet, or CSV with lon and
@@ -291,7 +292,7 @@ def cells_of(lon: np.ndarray, lat: np.ndarray, chip_size: int) -> gpd.GeoDataFra
         top[at] = (np.floor(np.asarray(y) / extent) + 1) * extent
     frame = pd.DataFrame({"epsg": epsg, "left": left, "top": top, "mgrs": tiles})
     corners = list(zip(frame.epsg, frame.left, frame.top, strict=True))
-    frame["cell"] = [f"{e}_{int(x)}_{int(y)}_{chip_size}" for e, x, y in corners]
+    frame["cell"] = [f"{e}_{int(x)}_{int(y)}" for e, x, y in corners]  # = shards' chip_id
     unique = frame.drop_duplicates("cell").copy()
     if len(unique) < len(frame):
         log.info("%d points fell in a cell another point had", len(frame) - len(unique))

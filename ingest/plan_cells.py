@@ -76,7 +76,7 @@ def make_cells_plan(cfg: IngestConfig, catalog: Searchable, cells: gpd.GeoDataFr
             )  # fmt: skip
             chosen = pick_scenes(seen, cfg.scenes_per_tile, cfg.spread_seasons, cell)
             if not chosen:
-                cell_id = f"cell {grid.epsg}_{int(grid.left)}_{int(grid.top)}_{grid.width}"
+                cell_id = f"cell {grid.epsg}_{int(grid.left)}_{int(grid.top)}"
                 skipped.append(Skipped(cell_id, f"no scene in EPSG:{grid.epsg} covers it"))
                 continue
             dem_here = [(i, href) for i, href, g in dems if g.intersects(cell)]

@@ -51,7 +51,7 @@ def test_a_cell_is_the_chip_the_ingest_grid_cuts_there() -> None:
     for cell in cells.itertuples():
         extent = 64 * 10
         assert cell.left % extent == 0 and cell.top % extent == 0
-        assert cell.cell == f"{cell.epsg}_{int(cell.left)}_{int(cell.top)}_64"
+        assert cell.cell == f"{cell.epsg}_{int(cell.left)}_{int(cell.top)}"  # shards' chip_id
         # the ingest planner, given the cell's footprint as AOI inside a tile, cuts this chip
         tile = (cell.left - 50_000, cell.top - 60_000, cell.left + 50_000, cell.top + 40_000)
         grid = chip_grid(cell.epsg, tile, cell.geometry.buffer(1e-7), 64)

@@ -19,6 +19,7 @@ from ingest.plan_cells import make_cells_plan
 from ingest.run import run_ingest
 from ingest.snapshot import RecordingCatalog
 from ingest.sources import sentinel2
+from shards.chips import unit_origin
 
 
 class Counting(RecordingCatalog):
@@ -87,10 +88,13 @@ def test_a_corpus_ingests_cell_by_cell(
     summary = run_ingest(cfg)
     assert summary["done"] == summary["units"] > 0 and not summary["failed"]
     cube = open_cube(f"{tmp_path}/run/cube.zarr")
+    ids = set(read_cells(corpus)["cell"])
     for unit in cube.group_keys():
         valid = np.asarray(cube[unit]["valid"][...])  # type: ignore[index]
         assert valid.shape == (64, 64)
         assert cube[unit]["s2"].shape == (len(sentinel2.BAND_NAMES), 64, 64)  # type: ignore[union-attr]
+        epsg, left, top = unit_origin(cube[unit])  # type: ignore[arg-type]
+        assert f"{epsg}_{int(left)}_{int(top)}" in ids  # the chip_id its chip will carry
     # the cells' chip size is the ingest's: a mismatch is named
     with pytest.raises(SampleError, match=r"cells of \[64\] px; chip_size is 32"):
         make_cells_plan(cfg.model_copy(update={"chip_size": 32}), open_catalog(cfg.catalog),
