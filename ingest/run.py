@@ -202,31 +202,26 @@ def plan_or_load(cfg: IngestConfig) -> Plan:
     return plan
 
 
-def write_status(cfg: IngestConfig, rows: dict[str, dict[str, Any]]) -> None:
-    """Replace RUN/ingest/status.json atomically (temp file + rename)."""
-    fs, path = fsspec.core.url_to_fs(_url(cfg.run_dir, "ingest", "status.json"))
-    fs.makedirs(fs._parent(path), exist_ok=True)
-    with fs.open(path + ".tmp", "w") as f:
-        json.dump(sorted(rows.values(), key=lambda r: r["unit_id"]), f, indent=1)
-    fs.mv(path + ".tmp", path)
-
-
 class StatusTable:
-    """The status rows of a run, written to status.json at most every `every_s` seconds.
+    """RUN/ingest/status.json: a row per unit, read when a run starts.
 
-    Rewriting the whole table after each unit costs O(units) per unit, O(units²) a run;
-    the cube's completion markers, not this table, decide what a re-run redoes, so a crash
-    loses at most `every_s` of rows that the re-run writes again.
+    While units finish it is written at most every `every_s` seconds: rewriting the whole
+    table after each unit costs O(units) per unit, O(units²) a run. The cube's completion
+    markers, not this table, decide what a re-run redoes, so a crash loses at most
+    `every_s` of rows, which the re-run writes again.
     """
 
     def __init__(
         self,
         cfg: IngestConfig,
-        rows: dict[str, dict[str, Any]],
         every_s: float = STATUS_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.cfg, self.rows, self.every_s, self.clock = cfg, rows, every_s, clock
+        self.fs, self.path = fsspec.core.url_to_fs(_url(cfg.run_dir, "ingest", "status.json"))
+        self.rows: dict[str, dict[str, Any]] = {}
+        if self.fs.exists(self.path):  # an earlier run's rows
+            self.rows = {r["unit_id"]: r for r in json.loads(self.fs.cat_file(self.path))}
+        self.every_s, self.clock = every_s, clock
         self.written_at = -math.inf
         self.writes = 0
 
@@ -237,8 +232,11 @@ class StatusTable:
             self.flush()
 
     def flush(self) -> None:
-        """Write the table now."""
-        write_status(self.cfg, self.rows)
+        """Replace the file now, atomically (temp file + rename)."""
+        self.fs.makedirs(self.fs._parent(self.path), exist_ok=True)
+        with self.fs.open(self.path + ".tmp", "w") as f:
+            json.dump(sorted(self.rows.values(), key=lambda r: r["unit_id"]), f, indent=1)
+        self.fs.mv(self.path + ".tmp", self.path)
         self.written_at, self.writes = self.clock(), self.writes + 1
 
 
@@ -264,15 +262,13 @@ def run_ingest(
     cube_url = _url(cfg.run_dir, CUBE_NAME)
     cube = open_cube(cube_url)
     todo = [u for u in units if not is_complete(cube, u.unit_id)]
-    rows: dict[str, dict[str, Any]] = {}
-    status_url = _url(cfg.run_dir, "ingest", "status.json")
-    fs, status_path = fsspec.core.url_to_fs(status_url)
-    if fs.exists(status_path):
-        rows = {r["unit_id"]: r for r in json.loads(fs.cat_file(status_path))}
+    status = StatusTable(cfg)
     todo_ids = {u.unit_id for u in todo}
     for u in units:
         if u.unit_id not in todo_ids:
-            rows.setdefault(u.unit_id, {"unit_id": u.unit_id, "status": "done", "reason": ""})
+            status.rows.setdefault(
+                u.unit_id, {"unit_id": u.unit_id, "status": "done", "reason": ""}
+            )
 
     calls = [
         (u, cube_url, cfg.chip_size, cfg.max_concurrent_reads,
@@ -280,7 +276,6 @@ def run_ingest(
         for u in todo
     ]  # fmt: skip
     results: list[UnitResult] = []
-    status = StatusTable(cfg, rows)
     for index, result, error in imap_unordered(
         process_unit, calls, cfg.max_concurrent_units, address=cfg.address
     ):

@@ -619,7 +619,7 @@ def test_the_status_table_is_written_at_intervals_not_after_every_unit(tmp_path:
     cfg = IngestConfig(bbox=[(11, 47, 12, 48)], start="2021-01-01", end="2021-02-01",
                        run_dir=str(tmp_path))  # fmt: skip
     now = [0.0]
-    table = StatusTable(cfg, {}, every_s=5.0, clock=lambda: now[0])
+    table = StatusTable(cfg, every_s=5.0, clock=lambda: now[0])
     path = tmp_path / "ingest" / "status.json"
     for i in range(1000):
         now[0] += 0.01  # a unit every 10 ms: 10 s in all
