@@ -170,29 +170,21 @@ class ShardStream(IterableDataset):
         if self.mode == "resampled":
             yield from self._dealt_samples(slot, slots)
             return
-        urls: Iterator[str]
-        if len(self.urls) >= slots:
-            urls, every = iter(self.urls[slot::slots]), 1
-        else:
-            urls, every = iter(self.urls), slots
-        for i, raw in enumerate(self._samples(urls)):
-            if every == 1 or i % every == slot:
-                yield raw
+        share, every = _share(self.urls, slot, slots)
+        yield from _every(self._samples(iter(share)), slot, every)
 
     def _dealt_samples(self, slot: int, slots: int) -> Iterator[Sample]:
         """Resampled mode: this slot's share of the epoch's shards, pass after pass, forever."""
         dealt = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.urls))
-        urls = [self.urls[i] for i in dealt]
-        share, every = (urls[slot::slots], 1) if len(urls) >= slots else (urls, slots)
+        share, every = _share([self.urls[i] for i in dealt], slot, slots)
         rng = np.random.default_rng([self.seed, self.epoch, slot])
         while True:
             # a sample-wise share (every > 1) needs the same shard order in every pass
             order = rng.permutation(len(share)) if every == 1 else range(len(share))
             held = 0
-            for i, raw in enumerate(self._samples(share[j] for j in order)):
-                if every == 1 or i % every == slot:
-                    held += 1
-                    yield raw
+            for raw in _every(self._samples(share[j] for j in order), slot, every):
+                held += 1
+                yield raw
             if held < self.batch_size:  # a batch of distinct samples could never be filled
                 raise ShardSetError(
                     f"the split's share of slot {slot} of {slots} (rank x "
@@ -264,6 +256,22 @@ class ShardStream(IterableDataset):
             return None
         share, extra = divmod(self.batches_per_epoch, workers)
         return share + (worker < extra)
+
+
+def _share(urls: list[str], slot: int, slots: int) -> tuple[list[str], int]:
+    """A slot's shards, and every how many of their samples it keeps (offset by slot).
+
+    Its own shards when there are enough for every slot, else all of them, keeping every
+    slots-th sample.
+    """
+    return (urls[slot::slots], 1) if len(urls) >= slots else (urls, slots)
+
+
+def _every(samples: Iterator[Sample], slot: int, every: int) -> Iterator[Sample]:
+    """The samples a slot keeps of `_share`'s shards."""
+    for i, raw in enumerate(samples):
+        if every == 1 or i % every == slot:
+            yield raw
 
 
 def _shuffled(samples: Iterator[Sample], size: int, rng: np.random.Generator) -> Iterator[Sample]:
