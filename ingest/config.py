@@ -132,6 +132,14 @@ class IngestConfig(Areas):
     max_concurrent_units: int = Field(
         4, ge=1, le=1024, description="Units (tile x date) processed at once."
     )
+    block_size: int = Field(
+        512,
+        ge=8,
+        le=16384,
+        description="A unit is read, derived and written in blocks of this many pixels a "
+        "side (rounded down to whole chips): a task's memory grows with it (about 250 B per "
+        "pixel of a block), not with the tile.",
+    )
     max_concurrent_reads: int = Field(
         4, ge=1, le=64, description="Raster reads in flight per unit."
     )

@@ -8,12 +8,13 @@ lost later (a deleted file reads as the fill value without error) is found by
 Each group carries x/y coordinates, named dimensions and a CF grid mapping
 (`spatial_ref`), so `xarray.open_zarr(cube, group=unit_id)` gives a georeferenced dataset.
 
-Layout: each array's chunk is one chip, and all chunks of an array are stored in one
-shard (zarr v3 sharding): one file (object) per array and unit instead of one per chip.
-A chip is still read on its own (a byte range of the shard). Chunks are compressed with
-Blosc LZ4 after a byte shuffle. Against one file per chip with zarr's default Zstd,
-writing a unit (the largest part of ingesting it) takes 2.5 x less CPU and the cube is
-smaller (measured by `eomae bench ingest`, docs/benchmarks.md).
+Layout: each array's chunk is one chip, and the chunks of a block of chips (the unit's
+processing block, `UnitWriter`) are stored in one shard (zarr v3 sharding): one file
+(object) per array and block instead of one per chip. A chip is still read on its own (a
+byte range of the shard). Chunks are compressed with Blosc LZ4 after a byte shuffle.
+Against one file per chip with zarr's default Zstd, writing a unit (the largest part of
+ingesting it) takes 2.5 x less CPU and the cube is smaller (measured by `eomae bench
+ingest`, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -71,12 +72,89 @@ def unit_problems(group: zarr.Group) -> list[str]:
     return problems
 
 
-def array_layout(shape: tuple[int, ...], chip_size: int) -> dict[str, Any]:
-    """How a unit's array ([bands,] H, W) is stored: chunk = chip, one shard, Blosc LZ4."""
+def array_layout(
+    shape: tuple[int, ...], chip_size: int, block_size: int | None = None
+) -> dict[str, Any]:
+    """How a unit's array ([bands,] H, W) is stored: chunk = chip, shard = block, Blosc LZ4.
+
+    Without `block_size` one shard holds the whole array (its size rounded up to chips).
+    """
     chunks = (*shape[:-2], chip_size, chip_size)
-    # one shard holds the whole array: its size rounded up to whole chips
-    shards = (*shape[:-2], *(-(-n // chip_size) * chip_size for n in shape[-2:]))
+    if block_size is None:
+        shards = (*shape[:-2], *(-(-n // chip_size) * chip_size for n in shape[-2:]))
+    else:
+        shards = (*shape[:-2], block_size, block_size)
     return {"chunks": chunks, "shards": shards, "compressors": COMPRESSOR}
+
+
+def block_size_for(chip_size: int, pixels: int) -> int:
+    """The side of a unit's blocks: `pixels` rounded down to whole chips, one chip at least."""
+    return max(pixels // chip_size, 1) * chip_size
+
+
+class UnitWriter:
+    """A unit's group, written block by block; it counts as done only after `finish`.
+
+    Every block is one shard of each array, written once and whole: no block reads back
+    or rewrites another's bytes, so a writer holds one block in memory whatever the unit's
+    size. Blocks are `block_size` px squares from the grid's top-left corner (the edge
+    ones cut by the grid); without `block_size` the unit is one block.
+    """
+
+    def __init__(
+        self, cube: zarr.Group, unit_id: str, grid: Grid, chip_size: int,
+        block_size: int | None = None,
+    ) -> None:  # fmt: skip
+        if block_size is not None and block_size % chip_size:
+            raise ValueError(f"block size {block_size} is not a multiple of the chip size "
+                             f"{chip_size}")  # fmt: skip
+        self.cube, self.unit_id, self.grid = cube, unit_id, grid
+        self.chip_size, self.block_size = chip_size, block_size
+        self.group = cube.create_group(unit_id, overwrite=True)
+        crs = CRS.from_epsg(grid.epsg)
+        spatial_ref = self.group.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0)
+        geotransform = " ".join(map(str, grid.transform.to_gdal()))
+        spatial_ref.attrs.update(
+            {**crs.to_cf(), "spatial_ref": crs.to_wkt(), "GeoTransform": geotransform}
+        )
+        x = grid.left + (np.arange(grid.width) + 0.5) * RESOLUTION_M
+        y = grid.top - (np.arange(grid.height) + 0.5) * RESOLUTION_M
+        for name, values in (("x", x), ("y", y)):
+            coord = self.group.create_array(name, data=values, dimension_names=(name,))
+            coord.attrs.update({"units": "m", "standard_name": f"projection_{name}_coordinate"})
+        self.names: list[str] = []
+
+    def _array(self, name: str, block: np.ndarray) -> zarr.Array:
+        """The unit's array `name`, created at the first block with the block's dtype."""
+        if name in self.names:
+            return self.group[name]  # type: ignore[return-value]
+        shape = (*block.shape[:-2], self.grid.height, self.grid.width)
+        dims = ("band", "y", "x") if block.ndim == 3 else ("y", "x")
+        layout = array_layout(shape, self.chip_size, self.block_size)
+        arr = self.group.create_array(
+            name, shape=shape, dtype=block.dtype, dimension_names=dims, **layout
+        )
+        arr.attrs["grid_mapping"] = "spatial_ref"
+        self.names.append(name)
+        return arr
+
+    def write(self, row: int, col: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write the block whose top-left pixel is (row, col): arrays [bands,] h, w."""
+        for name, data in arrays.items():
+            h, w = data.shape[-2:]
+            self._array(name, data)[..., row : row + h, col : col + w] = data
+
+    def finish(self, attrs: dict[str, Any]) -> None:
+        """Record the attributes and the stored chunk counts, then mark the unit complete."""
+        stored = {name: self.group[name].nchunks_initialized for name in self.names}  # type: ignore[union-attr]
+        self.group.attrs.update({**attrs, "epsg": self.grid.epsg,
+                                 "transform": list(self.grid.transform)[:6],
+                                 "stored_chunks": stored})  # fmt: skip
+        self.group.attrs["complete"] = True  # last: the unit counts as done only now
+
+    def discard(self) -> None:
+        """Remove what was written (a unit that failed part-way)."""
+        del self.cube[self.unit_id]
 
 
 def write_unit(
@@ -87,25 +165,7 @@ def write_unit(
     arrays: dict[str, np.ndarray],
     attrs: dict[str, Any],
 ) -> None:
-    """Write a unit's arrays ([bands,] H, W) and attributes, then mark it complete."""
-    group = cube.create_group(unit_id, overwrite=True)
-    crs = CRS.from_epsg(grid.epsg)
-    spatial_ref = group.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0)
-    geotransform = " ".join(map(str, grid.transform.to_gdal()))
-    spatial_ref.attrs.update(
-        {**crs.to_cf(), "spatial_ref": crs.to_wkt(), "GeoTransform": geotransform}
-    )
-    x = grid.left + (np.arange(grid.width) + 0.5) * RESOLUTION_M
-    y = grid.top - (np.arange(grid.height) + 0.5) * RESOLUTION_M
-    for name, values in (("x", x), ("y", y)):
-        coord = group.create_array(name, data=values, dimension_names=(name,))
-        coord.attrs.update({"units": "m", "standard_name": f"projection_{name}_coordinate"})
-    for name, data in arrays.items():
-        dims = ("band", "y", "x") if data.ndim == 3 else ("y", "x")
-        layout = array_layout(data.shape, chip_size)
-        arr = group.create_array(name, data=data, dimension_names=dims, **layout)
-        arr.attrs["grid_mapping"] = "spatial_ref"
-    stored = {name: group[name].nchunks_initialized for name in arrays}  # type: ignore[union-attr]
-    group.attrs.update({**attrs, "epsg": grid.epsg, "transform": list(grid.transform)[:6],
-                        "stored_chunks": stored})  # fmt: skip
-    group.attrs["complete"] = True  # last: the unit counts as done only now
+    """Write a unit's whole arrays ([bands,] H, W) and attributes, then mark it complete."""
+    writer = UnitWriter(cube, unit_id, grid, chip_size)
+    writer.write(0, 0, arrays)
+    writer.finish(attrs)

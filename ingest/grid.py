@@ -73,6 +73,19 @@ class Grid:
         return Grid(self.epsg, left, top, round((right - left) / RESOLUTION_M),
                     round((top - bottom) / RESOLUTION_M))  # fmt: skip
 
+    def blocks(self, size: int) -> list[tuple[int, int, Grid]]:
+        """(row, col, sub-grid) of `size` px squares from the top-left, row by row.
+
+        The last row and column are cut by the grid's edge.
+        """
+        return [
+            (row, col, Grid(self.epsg, self.left + col * RESOLUTION_M,
+                            self.top - row * RESOLUTION_M,
+                            min(size, self.width - col), min(size, self.height - row)))
+            for row in range(0, self.height, size)
+            for col in range(0, self.width, size)
+        ]  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for the plan."""
         return {"epsg": self.epsg, "left": self.left, "top": self.top,

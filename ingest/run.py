@@ -24,7 +24,8 @@ import numpy as np
 
 from ingest.catalog import open_catalog
 from ingest.config import IngestConfig
-from ingest.cube import COVERAGE_BITS, CUBE_NAME, is_complete, open_cube, write_unit
+from ingest.cube import COVERAGE_BITS, CUBE_NAME, UnitWriter, block_size_for, is_complete, open_cube
+from ingest.grid import Grid
 from ingest.locations import read_cells
 from ingest.parallel import imap_unordered
 from ingest.plan import Plan, Unit, make_plan, plan_to_json
@@ -104,15 +105,57 @@ def provenance(unit: Unit) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Tally:
+    """Pixel counts of a unit, added up over its blocks."""
+
+    pixels: int = 0
+    valid: int = 0
+    observed: int = 0  # SCL other than NO_DATA
+    cloudy: int = 0
+    covered: int = 0  # with DEM and land cover
+    bytes_read: int = 0
+
+    def add(self, arrays: dict[str, np.ndarray], covered: np.ndarray, nbytes: int) -> None:
+        """Count a block's pixels."""
+        scl = arrays["scl"]
+        self.pixels += scl.size
+        self.valid += int(arrays["valid"].sum())
+        self.observed += int((scl != sentinel2.SceneClass.NO_DATA).sum())
+        self.cloudy += int(np.isin(scl, [int(c) for c in sentinel2.CLOUD_CLASSES]).sum())
+        self.covered += int(covered.sum())
+        self.bytes_read += nbytes
+
+
+def read_block(
+    unit: Unit, block: Grid, max_reads: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    """A block's cube arrays (`unit_arrays`), where DEM and land cover cover it, bytes read."""
+    dn, scl, n_s2 = sentinel2.read_scene(unit.s2_item, block, max_reads)
+    elevation, n_dem = dem.read(unit.dem_hrefs, block)
+    landcover, n_lc = worldcover.read(unit.lc_hrefs, block)
+    covered = np.isfinite(elevation) & (landcover != worldcover.NODATA)
+    return unit_arrays(dn, scl, elevation, landcover, unit.baseline), covered, n_s2 + n_dem + n_lc
+
+
 def process_unit(
-    unit: Unit, cube_url: str, chip_size: int, max_reads: int, inject_failure: bool = False
+    unit: Unit,
+    cube_url: str,
+    chip_size: int,
+    max_reads: int,
+    block_size: int | None = None,
+    inject_failure: bool = False,
 ) -> UnitResult:
     """Read, co-register, harmonise, mask and write one unit. Never raises for bad data.
 
-    `inject_failure` (tests only) raises a RuntimeError after the reads, as a bug would.
+    The unit is done in `block_size` px blocks (default: one block), each read, derived and
+    written before the next is read, so a task's memory is set by the block, not the tile.
+    A unit that fails part-way leaves nothing in the cube. `inject_failure` (tests only)
+    raises a RuntimeError after the first block's reads, as a bug would.
     """
     t0 = time.perf_counter()
     grid = unit.target
+    tally, read_s, writer = Tally(), 0.0, None
     try:
         if not unit.dem_hrefs:
             raise ReadError(f"no {dem.COLLECTION} item covers unit {unit.unit_id}")
@@ -121,21 +164,24 @@ def process_unit(
                 f"no {worldcover.COLLECTION} {unit.worldcover_version} item covers unit "
                 f"{unit.unit_id}"
             )
-        dn, scl, n_s2 = sentinel2.read_scene(unit.s2_item, grid, max_reads)
-        elevation, n_dem = dem.read(unit.dem_hrefs, grid)
-        landcover, n_lc = worldcover.read(unit.lc_hrefs, grid)
-        covered = np.isfinite(elevation) & (landcover != worldcover.NODATA)
-        if not covered.any():
+        side = max(grid.width, grid.height) if block_size is None else block_size
+        for row, col, block in grid.blocks(side):
+            t = time.perf_counter()
+            arrays, covered, nbytes = read_block(unit, block, max_reads)
+            read_s += time.perf_counter() - t
+            if inject_failure:
+                raise RuntimeError(f"injected failure in {unit.unit_id}")
+            tally.add(arrays, covered, nbytes)
+            if writer is None:
+                writer = UnitWriter(open_cube(cube_url), unit.unit_id, grid, chip_size, side)
+            writer.write(row, col, arrays)
+        if not tally.covered:
             raise ReadError(f"DEM and land cover do not cover unit {unit.unit_id}")
-        if inject_failure:
-            raise RuntimeError(f"injected failure in {unit.unit_id}")
     except (ReadError, TokenError, ValueError, KeyError) as e:
+        if writer is not None:
+            writer.discard()
         return UnitResult(unit.unit_id, "failed", redact(str(e)), time.perf_counter() - t0)
-    t1 = time.perf_counter()
-    arrays = unit_arrays(dn, scl, elevation, landcover, unit.baseline)
-    valid = arrays["valid"]
-    observed = scl != sentinel2.SceneClass.NO_DATA
-    cloudy = np.isin(scl, [int(c) for c in sentinel2.CLOUD_CLASSES])
+    valid_fraction = tally.valid / tally.pixels
     attrs = {
         "bands": list(sentinel2.BAND_NAMES),
         "datetime": unit.datetime,
@@ -150,14 +196,15 @@ def process_unit(
         },
         "provenance": provenance(unit),
         "scene_cloud_cover": unit.cloud_cover,
-        "cloud_fraction": float(cloudy.sum() / max(observed.sum(), 1)),
-        "valid_fraction": float(valid.mean()),
+        "cloud_fraction": tally.cloudy / max(tally.observed, 1),
+        "valid_fraction": valid_fraction,
     }
-    write_unit(open_cube(cube_url), unit.unit_id, grid, chip_size, arrays, attrs)
+    assert writer is not None  # a grid has at least one block
+    writer.finish(attrs)
+    elapsed = time.perf_counter() - t0
     return UnitResult(
-        unit.unit_id, "done", "", t1 - t0, time.perf_counter() - t1,
-        n_s2 + n_dem + n_lc, float(valid.mean()),
-    )  # fmt: skip
+        unit.unit_id, "done", "", read_s, elapsed - read_s, tally.bytes_read, valid_fraction
+    )
 
 
 STATUS_EVERY_S = 5.0  # status.json is rewritten at most this often while units finish
@@ -272,7 +319,7 @@ def run_ingest(
 
     calls = [
         (u, cube_url, cfg.chip_size, cfg.max_concurrent_reads,
-         any(s in u.unit_id for s in _fail_units))
+         block_size_for(cfg.chip_size, cfg.block_size), any(s in u.unit_id for s in _fail_units))
         for u in todo
     ]  # fmt: skip
     results: list[UnitResult] = []

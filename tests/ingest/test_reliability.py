@@ -488,6 +488,39 @@ def _bad_units(unit: Unit, files: dict[str, Path], cog_url: str) -> dict[str, tu
     }
 
 
+def test_a_unit_done_in_blocks_is_the_unit_done_whole(a_unit: Unit, tmp_path: Path) -> None:
+    whole_url, blocks_url = str(tmp_path / "whole.zarr"), str(tmp_path / "blocks.zarr")
+    grid = a_unit.target
+    assert grid.width > 128 and grid.height > 128
+
+    assert process_unit(a_unit, whole_url, 64, 4).status == "done"
+    assert process_unit(a_unit, blocks_url, 64, 4, block_size=128).status == "done"
+
+    whole, blocks = open_cube(whole_url)[a_unit.unit_id], open_cube(blocks_url)[a_unit.unit_id]
+    assert isinstance(whole, zarr.Group) and isinstance(blocks, zarr.Group)
+    for name in ("s2", "scl", "valid", "coverage", "dem", "lc"):
+        a, b = whole[name][...], blocks[name][...]  # type: ignore[index]
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        # From lon/lat GDAL's warp interpolates the transform along each block's rows, so
+        # a pixel lands a hair apart: < 1 m of DEM, a class-border pixel flips now and then.
+        if name == "dem":
+            np.testing.assert_allclose(a, b, atol=1.0)
+        elif name == "lc":
+            assert np.mean(a != b) < 0.002
+        elif name == "s2":  # 10 m bands copied; 20 and 60 m bilinear, equal to 1 DN
+            copied = [b.resolution_m == 10 for b in sentinel2.BANDS]
+            assert np.array_equal(a[copied], b[copied])
+            assert np.abs(a.astype(np.int32) - b).max() <= 1
+        else:
+            assert np.array_equal(a, b), f"{name}: {np.mean(a != b):.2%} of pixels differ"
+    for key in ("valid_fraction", "cloud_fraction"):
+        assert whole.attrs[key] == pytest.approx(blocks.attrs[key]), key
+    # a block is a shard: one file per array and block, none read back or rewritten
+    n_blocks = len(grid.blocks(128))
+    s2_files = [p for p in Path(blocks_url, a_unit.unit_id, "s2", "c").rglob("*") if p.is_file()]
+    assert len(s2_files) == n_blocks > 1
+
+
 BAD_CASES = [
     "missing asset", "404 href", "truncated COG", "corrupt COG", "raster without CRS",
     "no DEM item", "no land-cover item", "DEM elsewhere", "land cover elsewhere",
@@ -505,12 +538,12 @@ def test_bad_data_fails_the_unit_with_a_reason(
     unit, reason = _bad_units(a_unit, bad_files, local_services.cog_url)[case]
     cube_url = str(tmp_path / "cube.zarr")
 
-    result = process_unit(unit, cube_url, 64, 4)
+    result = process_unit(unit, cube_url, 64, 4, block_size=128)  # several blocks
 
     assert isinstance(result, UnitResult)
     assert result.status == "failed" and result.unit_id == unit.unit_id
     assert re.search(reason, result.reason), result.reason
-    assert not is_complete(open_cube(cube_url), unit.unit_id)
+    assert unit.unit_id not in open_cube(cube_url)  # nothing left of a unit that failed
 
 
 def test_bad_unit_does_not_stop_the_run_and_leaks_no_token(
