@@ -153,7 +153,7 @@ def test_a_lost_chunk_is_found_refused_by_shard_and_rewritten_by_ingest(
     assert lost is not None
     lost.unlink()
     assert not is_complete(open_cube(str(run / "cube.zarr")), victim)
-    with pytest.raises(ShardSetError, match=rf"unit {victim} .*damaged.*array s2 holds 0 of"):
+    with pytest.raises(ShardSetError, match=rf"unit {victim} .*damaged.*array s2 holds \d+ of"):
         run_shard(ShardConfig(run_dir=str(run), chip_size=64))
     again = run_ingest(cfg.model_copy(update={"run_dir": str(run)}))
     assert again["done"] == 1 and again["skipped_complete"] == first["units"] - 1
