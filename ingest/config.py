@@ -117,6 +117,12 @@ class IngestConfig(Areas):
     spread_seasons: bool = Field(
         False, description="Pick the scenes round-robin over seasons before cloud cover."
     )
+    seasons: bool = Field(
+        False,
+        description="One scene per season (DJF, MAM, JJA, SON) of each grid or location, the "
+        "clearest of each, as SSL4EO-S12 does, instead of scenes_per_tile; a season without "
+        "one is listed as skipped.",
+    )
     chip_size: int = Field(
         64, ge=8, le=2048, description="Chip size in 10 m pixels; the grid snaps to it."
     )
@@ -150,6 +156,9 @@ class IngestConfig(Areas):
         if areas == (self.locations is not None):
             raise ValueError("give areas of interest (--bbox W,S,E,N, --aoi-file FILE) or "
                              "--locations FILE, one of the two")  # fmt: skip
+        if self.seasons and self.spread_seasons:
+            raise ValueError("give seasons (one scene per season) or spread_seasons "
+                             "(scenes_per_tile spread over seasons), not both")  # fmt: skip
         if self.end < self.start:
             raise ValueError(f"end {self.end} is before start {self.start}")
         for name in ("catalog_snapshot", "locations"):

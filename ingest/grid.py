@@ -54,6 +54,11 @@ class Grid:
             self.top,
         )
 
+    @property
+    def name(self) -> str:
+        """EPSG_LEFT_TOP: a one-chip grid's is its cell id and its chip's chip_id in shards."""
+        return f"{self.epsg}_{int(self.left)}_{int(self.top)}"
+
     def footprint(self) -> BaseGeometry:
         """Where the grid lies in lon/lat (EPSG:4326), see `lonlat_footprint`."""
         return lonlat_footprint(self.epsg, self.bounds)

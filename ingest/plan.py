@@ -75,18 +75,27 @@ class Plan:
     skipped: list[Skipped] = field(default_factory=list)
 
 
+SEASONS = ("DJF", "MAM", "JJA", "SON")  # meteorological seasons, by calendar month
+
+
 def _season(when: str) -> int:
     month = datetime.fromisoformat(when.replace("Z", "+00:00")).month
-    return (month % 12) // 3  # DJF, MAM, JJA, SON
+    return (month % 12) // 3  # index into SEASONS
 
 
 def pick_scenes(
-    items: list[dict], n: int, spread_seasons: bool, footprint: BaseGeometry | None = None
+    items: list[dict],
+    n: int,
+    spread_seasons: bool,
+    footprint: BaseGeometry | None = None,
+    *,
+    per_season: bool = False,
 ) -> list[dict]:
     """The `n` scenes showing most of `footprint` clear.
 
-    With `spread_seasons`, one per season in turn first. Ties go to the less cloudy
-    scene, then the id.
+    With `spread_seasons`, one per season in turn first; with `per_season`, the clearest
+    scene of each season and no more (SSL4EO-S12's four seasons; `n` is not used), in
+    season order. Ties go to the less cloudy scene, then the id.
     """
     ranked = sorted(
         items,
@@ -96,17 +105,25 @@ def pick_scenes(
             i["id"],
         ),
     )
-    if not spread_seasons:
+    if not (spread_seasons or per_season):
         return ranked[:n]
     by_season: dict[int, list[dict]] = defaultdict(list)
     for item in ranked:
         by_season[_season(item["properties"]["datetime"])].append(item)
+    if per_season:
+        return [by_season[season][0] for season in sorted(by_season)]
     picked: list[dict] = []
     while len(picked) < n and any(by_season.values()):
         for season in sorted(by_season):
             if by_season[season] and len(picked) < n:
                 picked.append(by_season[season].pop(0))
     return picked
+
+
+def missing_seasons(chosen: list[dict]) -> list[str]:
+    """The seasons none of the chosen scenes is from."""
+    have = {_season(item["properties"]["datetime"]) for item in chosen}
+    return [name for i, name in enumerate(SEASONS) if i not in have]
 
 
 def latest_processing(items: list[dict]) -> list[dict]:
@@ -265,9 +282,13 @@ def make_plan(cfg: IngestConfig, catalog: Searchable) -> Plan:
         for grid in grids:
             footprint = grid.footprint()
             seen = [i for i in items if shape(i["geometry"]).intersects(footprint)]
-            chosen = pick_scenes(seen, cfg.scenes_per_tile, cfg.spread_seasons, footprint)
+            chosen = pick_scenes(seen, cfg.scenes_per_tile, cfg.spread_seasons, footprint,
+                                 per_season=cfg.seasons)  # fmt: skip
             if not chosen:
                 continue
+            if cfg.seasons and (missing := missing_seasons(chosen)):
+                where = f"tile {tile} grid {grid.name}"
+                skipped.append(Skipped(where, f"no scene in {', '.join(missing)}"))
             dems = covering(catalog, dem.COLLECTION, dem.ASSET, footprint)
             lcs = covering(
                 catalog, worldcover.COLLECTION, worldcover.ASSET, footprint,

@@ -213,7 +213,7 @@ STATUS_EVERY_S = 5.0  # status.json is rewritten at most this often while units 
 # may change between runs (the local services get new ports on every start).
 PLAN_FIELDS = frozenset(
     {"bbox", "aoi_file", "locations", "start", "end", "max_cloud_cover", "scenes_per_tile",
-     "spread_seasons", "chip_size", "worldcover_version"}
+     "spread_seasons", "seasons", "chip_size", "worldcover_version"}
 )  # fmt: skip
 
 
