@@ -18,7 +18,9 @@ they are signed at read time as from a live catalog.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime as DateTime
 from pathlib import Path
 from typing import Any, Unpack
@@ -27,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pystac
 import stac_geoparquet.arrow as stac_arrow
+from shapely import STRtree
 from shapely.geometry import box, shape
 
 from ingest.catalog import CatalogError, Filters, Searchable
@@ -106,29 +109,79 @@ def read_snapshot(path: Path | str) -> list[dict[str, Any]]:
         raise CatalogError(f"{path} is not a catalog snapshot: {type(e).__name__}: {e}") from e
 
 
-def _instant(text: str) -> DateTime:
-    return DateTime.fromisoformat(text.replace("Z", "+00:00"))
+def _instant(text: str | None) -> DateTime | None:
+    return DateTime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
-def _in_interval(item: dict[str, Any], interval: str) -> bool:
-    """Whether the item's datetime (or start/end range) meets a STAC `a/b` interval."""
-    props = item["properties"]
-    start = props.get("start_datetime") or props.get("datetime")
-    end = props.get("end_datetime") or props.get("datetime")
-    lo, _, hi = interval.partition("/")
-    if lo not in ("", "..") and _instant(end) < _instant(lo):
-        return False
-    return hi in ("", "..") or _instant(start) <= _instant(hi if hi else lo)
+def _interval(text: str) -> tuple[DateTime | None, DateTime | None]:
+    """A STAC `a/b` datetime interval as (earliest, latest); None where open.
+
+    A single instant (no "/") is open after it, as the snapshot has always answered;
+    the planner sends closed intervals.
+    """
+    lo, _, hi = text.partition("/")
+    return (
+        None if lo in ("", "..") else _instant(lo),
+        None if hi in ("", "..") else _instant(hi),
+    )
+
+
+@dataclass(frozen=True)
+class _Indexed:
+    """One collection's items in snapshot order, parsed once for every search.
+
+    `tree` holds the item geometries (an item without one is in no bbox); `start`, `end`
+    are each item's datetime or start/end range, `cloud` its `eo:cloud_cover`.
+    """
+
+    items: list[dict[str, Any]]
+    tree: STRtree
+    start: list[DateTime | None]
+    end: list[DateTime | None]
+    cloud: list[float | None]
+
+    @classmethod
+    def of(cls, items: list[dict[str, Any]]) -> _Indexed:
+        """The index of these items (all of one collection)."""
+        props = [i["properties"] for i in items]
+        return cls(
+            items=items,
+            tree=STRtree([shape(i["geometry"]) if i.get("geometry") else None for i in items]),
+            start=[_instant(p.get("start_datetime") or p.get("datetime")) for p in props],
+            end=[_instant(p.get("end_datetime") or p.get("datetime")) for p in props],
+            cloud=[p.get("eo:cloud_cover") for p in props],
+        )
+
+    def meets(self, i: int, earliest: DateTime | None, latest: DateTime | None) -> bool:
+        """Whether item `i`'s time meets the interval; an item without a time meets none."""
+        start, end = self.start[i], self.end[i]
+        if earliest is not None and (end is None or end < earliest):
+            return False
+        return latest is None or (start is not None and start <= latest)
+
+    def cloud_at_most(self, i: int, limit: float | None) -> bool:
+        """The API's cloud filter: at most `limit`, or none stated (the planner decides)."""
+        cloud = self.cloud[i]
+        return limit is None or cloud is None or cloud <= limit
 
 
 class SnapshotCatalog:
-    """A catalog answered from a snapshot file, with no network (see the module doc)."""
+    """A catalog answered from a snapshot file, with no network (see the module doc).
+
+    Each collection's geometries are indexed once (an STRtree), so a search costs the
+    items it finds, not all the snapshot's: a plan of many tiles stays linear.
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise CatalogError(f"catalog snapshot {self.path} does not exist")
         self._items = read_snapshot(self.path)
+        by_collection: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for item in self._items:
+            by_collection[item.get("collection", "")].append(item)
+        self._collections = frozenset(by_collection)
+        self._index = {name: _Indexed.of(items) for name, items in by_collection.items()}
 
     @property
     def url(self) -> str:
@@ -137,7 +190,7 @@ class SnapshotCatalog:
 
     def collections(self) -> frozenset[str]:
         """The collections the snapshot holds items of."""
-        return frozenset(i.get("collection", "") for i in self._items)
+        return self._collections
 
     def search(
         self,
@@ -149,29 +202,24 @@ class SnapshotCatalog:
         sortby: str | None = None,
         limit: int = 100,
     ) -> list[pystac.Item]:
-        """The snapshot's items that a STAC API search with these filters returns."""
-        if collection not in self.collections():
+        """The snapshot's items that a STAC API search with these filters returns.
+
+        In snapshot order, or by cloud cover (then id; none stated last) with `sortby`.
+        """
+        if collection not in self._collections:
             raise CatalogError(f"collection {collection!r} not in {self.url}; it has: "
-                               f"{sorted(self.collections())}")  # fmt: skip
-        area = box(*bbox) if bbox is not None else None
+                               f"{sorted(self._collections)}")  # fmt: skip
+        index = self._index[collection]
+        if bbox is None:
+            hits: Iterable[int] = range(len(index.items))
+        else:  # the tree answers in no set order: snapshot order again
+            hits = sorted(index.tree.query(box(*bbox), predicate="intersects").tolist())
+        earliest, latest = _interval(datetime) if datetime is not None else (None, None)
         chosen = [
-            i
-            for i in self._items
-            if i.get("collection") == collection
-            and (area is None or shape(i["geometry"]).intersects(area))
-            and (datetime is None or _in_interval(i, datetime))
-            and _cloud_at_most(i, max_cloud_cover)
-        ]
+            i for i in hits
+            if index.meets(i, earliest, latest) and index.cloud_at_most(i, max_cloud_cover)
+        ]  # fmt: skip
         if sortby == "eo:cloud_cover":
-            chosen.sort(key=lambda i: (_cloud(i) is None, _cloud(i) or 0.0, i["id"]))
-        return [pystac.Item.from_dict(i) for i in chosen]
-
-
-def _cloud(item: dict[str, Any]) -> float | None:
-    return item["properties"].get("eo:cloud_cover")
-
-
-def _cloud_at_most(item: dict[str, Any], limit: float | None) -> bool:
-    """The API's cloud filter: at most `limit`, or no cloud cover stated (the planner decides)."""
-    cloud = _cloud(item)
-    return limit is None or cloud is None or cloud <= limit
+            chosen.sort(key=lambda i: (index.cloud[i] is None, index.cloud[i] or 0.0,
+                                       index.items[i]["id"]))  # fmt: skip
+        return [pystac.Item.from_dict(index.items[i]) for i in chosen]

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pc_items import StaticCatalog, cells, dem_item, s2_item, worldcover_item
 from shapely.geometry import box, shape
 
+from infra.world.pc_items import StaticCatalog, cells, dem_item, s2_item, worldcover_item
 from ingest.config import IngestConfig
 from ingest.grid import chip_grid, lonlat_footprint
 from ingest.plan import Unit, make_plan, pick_scenes

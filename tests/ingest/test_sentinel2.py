@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pc_items import s2_item
 
+from infra.world.pc_items import s2_item
 from ingest.cube import COVERAGE_BITS
 from ingest.run import unit_arrays
 from ingest.sources import sentinel2

@@ -12,6 +12,9 @@ widened above 50° latitude); a WorldCover item is its 3° tile.
 `StaticCatalog` answers searches over such items with the STAC API's semantics (bbox
 intersection, closed datetime intervals compared as instants, `eo:cloud_cover` lte), as a
 stand-in for Planetary Computer, which no test here can reach.
+
+Tests build their cases from these; `pc_world` builds a catalog of hundreds of real tiles
+for benchmarks of the planner.
 """
 
 from __future__ import annotations
