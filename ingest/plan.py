@@ -83,6 +83,11 @@ def _season(when: str) -> int:
     return (month % 12) // 3  # index into SEASONS
 
 
+def season(when: str) -> str:
+    """The season (SEASONS) of an ISO datetime."""
+    return SEASONS[_season(when)]
+
+
 def pick_scenes(
     items: list[dict],
     n: int,

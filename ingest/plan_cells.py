@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import geopandas as gpd
+from shapely import STRtree
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
@@ -31,6 +32,7 @@ from ingest.plan import (
     agreeing,
     covering_items,
     merge_grids,
+    missing_seasons,
     pick_scenes,
     search_scenes,
     units_on,
@@ -60,8 +62,10 @@ def make_cells_plan(cfg: IngestConfig, catalog: Searchable, cells: gpd.GeoDataFr
         for scene in scenes:
             by_tile[scene["properties"]["s2:mgrs_tile"]].append(scene)
         frames = {tile: agreeing(found, skipped) for tile, found in sorted(by_tile.items())}
-        grids = merge_grids([Grid(int(c.epsg), float(c.left), float(c.top), cfg.chip_size,
-                                  cfg.chip_size) for c in group.itertuples()])  # fmt: skip
+        # each scene's geometry once per tile, not once per cell
+        outlines = [(tile, epsg, item, shape(item["geometry"]))
+                    for tile, ((epsg, _), items) in frames.items() for item in items]  # fmt: skip
+        grids = _cell_grids(group, cfg.chip_size)
         dems = covering_items(catalog, dem.COLLECTION, dem.ASSET, area)
         lcs = covering_items(
             catalog, worldcover.COLLECTION, worldcover.ASSET, area,
@@ -70,15 +74,18 @@ def make_cells_plan(cfg: IngestConfig, catalog: Searchable, cells: gpd.GeoDataFr
         for grid in grids:
             cell = grid.footprint()
             seen = _one_per_acquisition(
-                [(tile, item) for tile, ((epsg, _), items) in frames.items() if epsg == grid.epsg
-                 for item in items if shape(item["geometry"]).intersects(cell)],
+                [(tile, item) for tile, epsg, item, outline in outlines
+                 if epsg == grid.epsg and outline.intersects(cell)],
                 str(name), cell,
             )  # fmt: skip
-            chosen = pick_scenes(seen, cfg.scenes_per_tile, cfg.spread_seasons, cell)
+            chosen = pick_scenes(seen, cfg.scenes_per_tile, cfg.spread_seasons, cell,
+                                 per_season=cfg.seasons)  # fmt: skip
             if not chosen:
-                cell_id = f"cell {grid.epsg}_{int(grid.left)}_{int(grid.top)}"
-                skipped.append(Skipped(cell_id, f"no scene in EPSG:{grid.epsg} covers it"))
+                skipped.append(Skipped(f"cell {grid.name}",
+                                       f"no scene in EPSG:{grid.epsg} covers it"))  # fmt: skip
                 continue
+            if cfg.seasons and (missing := missing_seasons(chosen)):
+                skipped.append(Skipped(f"cell {grid.name}", f"no scene in {', '.join(missing)}"))
             dem_here = [(i, href) for i, href, g in dems if g.intersects(cell)]
             lc_here = [(i, href) for i, href, g in lcs if g.intersects(cell)]
             for item in chosen:
@@ -100,6 +107,22 @@ def _search_area(group: gpd.GeoDataFrame) -> BaseGeometry:
     if east - west > 180:  # cells on both sides of the antimeridian
         return unary_union(list(group.geometry))
     return box(west, south, east, north)
+
+
+def _cell_grids(group: gpd.GeoDataFrame, chip_size: int) -> list[Grid]:
+    """The cells as one-chip grids, north to south, then west to east; overlapping ones merged.
+
+    Sampled cells never overlap (one row per chip of the lattice), so they are only
+    sorted: `merge_grids` compares every pair, which a tile of 10,000 cells cannot afford.
+    An index finds the few pairs that touch; a file with cells that overlap is merged.
+    """
+    grids = [Grid(int(c.epsg), float(c.left), float(c.top), chip_size, chip_size)
+             for c in group.itertuples()]  # fmt: skip
+    tree = STRtree([box(*g.bounds) for g in grids])
+    pairs = tree.query(tree.geometries, predicate="intersects").T  # [(i, j)], touching too
+    if any(i != j and grids[i].overlaps(grids[j]) for i, j in pairs):
+        return merge_grids(grids)
+    return sorted(grids, key=lambda g: (-g.top, g.left))  # as merge_grids orders them
 
 
 def _one_per_acquisition(

@@ -3,6 +3,7 @@ cell by cell."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from ingest.catalog import open_catalog
 from ingest.config import IngestConfig
 from ingest.cube import open_cube
 from ingest.locations import SampleConfig, SampleError, read_cells, sample_locations, write_cells
+from ingest.plan import SEASONS, Plan, Unit, season
 from ingest.plan_cells import make_cells_plan
 from ingest.run import run_ingest
 from ingest.snapshot import RecordingCatalog
@@ -101,3 +103,38 @@ def test_a_corpus_ingests_cell_by_cell(
                         read_cells(corpus))  # fmt: skip
     with pytest.raises(ValueError, match="one of the two"):
         make_config(tmp_path / "both", locations=corpus)  # its bbox too
+
+
+def test_seasons_give_each_cell_the_clearest_scene_of_each_season(
+    make_config: Callable[..., IngestConfig], corpus: Path, tmp_path: Path
+) -> None:
+    cells = read_cells(corpus)
+    catalog = open_catalog(make_config(tmp_path).catalog)
+    every = make_cells_plan(
+        make_config(tmp_path / "a", bbox=[], locations=corpus, scenes_per_tile=100), catalog, cells
+    )
+    seasonal = make_cells_plan(
+        make_config(tmp_path / "b", bbox=[], locations=corpus, seasons=True), catalog, cells
+    )
+
+    def by_cell(plan: Plan) -> dict[str, list[Unit]]:
+        units: dict[str, list[Unit]] = defaultdict(list)
+        for u in plan.units:
+            units[u.target.name].append(u)
+        return units
+
+    candidates, chosen = by_cell(every), by_cell(seasonal)
+    assert chosen.keys() == candidates.keys()
+    missing = {s.item_id: s.reason for s in seasonal.skipped if s.item_id.startswith("cell ")}
+    for cell, units in chosen.items():
+        seasons = [season(u.datetime) for u in units]
+        assert len(set(seasons)) == len(seasons)  # one scene per season
+        available = {season(u.datetime) for u in candidates[cell]}
+        assert set(seasons) == available
+        for u in units:  # the clearest of its season
+            rivals = [c for c in candidates[cell] if season(c.datetime) == season(u.datetime)]
+            assert u.usable_share == max(c.usable_share for c in rivals)
+        absent = [s for s in SEASONS if s not in available]
+        assert missing.get(f"cell {cell}") == (f"no scene in {', '.join(absent)}" if absent
+                                               else None)  # fmt: skip
+    assert len(seasonal.units) < len(every.units)  # the sample world has 2 dates a season
