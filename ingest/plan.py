@@ -374,11 +374,18 @@ def covering_items(
 
 
 def plan_to_json(plan: Plan, cfg: IngestConfig) -> str:
-    """The plan as written to RUN/ingest/plan.json."""
+    """The plan as written to RUN/ingest/plan.json.
+
+    Each Sentinel-2 item is written once, under "items", and a unit names its item by id:
+    a corpus plans many cells on one scene, and an item's JSON is ~20 kB (a plan of 100k
+    cells embedding it per unit would be ~4 GB).
+    """
+    units = [asdict(u) | {"s2_item": u.s2_item["id"]} for u in plan.units]
     return json.dumps(
         {
             "config": cfg.model_dump(mode="json"),
-            "units": [asdict(u) for u in plan.units],
+            "items": {u.s2_item["id"]: u.s2_item for u in plan.units},
+            "units": units,
             "skipped_items": [asdict(s) for s in plan.skipped],
         },
         indent=1,
@@ -386,7 +393,9 @@ def plan_to_json(plan: Plan, cfg: IngestConfig) -> str:
 
 
 def plan_from_json(text: str) -> Plan:
-    """The plan back from plan.json."""
+    """The plan back from plan.json (units that name their item, or older ones holding it)."""
     data = json.loads(text)
-    return Plan([Unit(**u) for u in data["units"]],
-                [Skipped(**s) for s in data.get("skipped_items", [])])  # fmt: skip
+    items = data.get("items", {})
+    units = [Unit(**(u | {"s2_item": items[u["s2_item"]]}) if isinstance(u["s2_item"], str)
+                  else u) for u in data["units"]]  # fmt: skip
+    return Plan(units, [Skipped(**s) for s in data.get("skipped_items", [])])

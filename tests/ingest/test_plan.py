@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from shapely.geometry import box, shape
 from infra.world.pc_items import StaticCatalog, cells, dem_item, s2_item, worldcover_item
 from ingest.config import IngestConfig
 from ingest.grid import chip_grid, lonlat_footprint
-from ingest.plan import Unit, make_plan, pick_scenes
+from ingest.plan import Plan, Unit, make_plan, pick_scenes, plan_from_json, plan_to_json
 from ingest.sources import dem, sentinel2
 
 
@@ -423,3 +424,21 @@ def test_an_item_in_the_projection_v2_layout_is_planned() -> None:
                        end="2023-06-30", bbox=[(-149.0, 60.0, -146.0, 62.0)])  # fmt: skip
     assert unit.target.epsg == epsg
     assert (unit.baseline, unit.baseline_inferred) == ("05.10", False)
+
+
+def test_plan_json_holds_each_scene_once_and_reads_back_equal(tmp_path: Path) -> None:
+    scene = s2_item("32TPT", 32632, 600000.0, 5300040.0, "2021-06-05T10:20:31.024000Z", orbit=65)
+    units = [Unit(unit_id=f"u{i}", mgrs_tile="32TPT", datetime=scene["properties"]["datetime"],
+                  baseline="03.00", cloud_cover=1.0,
+                  grid={"epsg": 32632, "left": 600000.0 + 640 * i, "top": 5300000.0,
+                        "width": 64, "height": 64}, s2_item=scene)
+             for i in range(50)]  # fmt: skip
+    cfg = IngestConfig(bbox=[(11, 47, 12, 48)], start="2021-01-01", end="2021-12-31",
+                       run_dir=str(tmp_path))  # fmt: skip
+    text = plan_to_json(Plan(units), cfg)
+
+    assert text.count('"stac_version"') == 1  # the item once, not once per cell
+    back = plan_from_json(text).units
+    as_json = json.loads(json.dumps(scene))  # tuples become lists
+    assert back == [dataclasses.replace(u, s2_item=as_json) for u in units]
+    assert plan_to_json(Plan(back), cfg) == text
