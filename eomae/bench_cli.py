@@ -1,4 +1,4 @@
-"""`eomae bench loader|train|ingest|masks`: ratios measured side by side, median and spread.
+"""`eomae bench loader|train|ingest|masks|corpus`: ratios measured side by side, median and spread.
 
 Every bench writes RUN/bench/NAME.json (configuration, every repeat's raw rates, the
 figures as median / min / max) and RUN/bench/NAME.png (a bar chart of the figures),
@@ -21,8 +21,11 @@ from pydantic_settings import CliApp, CliPositionalArg, CliSubCommand
 from rich.console import Console
 from rich.table import Table
 
+from eomae.bench_corpus import cost_model, memory_per_task, plan_scaling, reads_per_wanted_pixel
 from eomae.config import Command
 from infra.services import LocalServices
+from infra.world import WorldConfig, generate_world
+from infra.world.big_tile import write_big_tile
 from ingest.bench import (
     ALTERNATIVES,
     ARRAYS,
@@ -31,6 +34,7 @@ from ingest.bench import (
     bench_ingest,
     ingest_ratios,
 )
+from ingest.locations import SampleConfig, sample_locations, write_cells
 from shards.bench import bench_loader, size_ratio
 from shards.config import join_url
 from training.bench import TrainBenchConfig, bench_train, train_ratios
@@ -262,6 +266,74 @@ class BenchMasksCommand(Command):
                self.model_dump(mode="json"), goals)  # fmt: skip
 
 
+class BenchCorpusCommand(Command):
+    """A corpus at scale: memory per task, pixels read per wanted pixel, plan time, cost."""
+
+    run_dir: Path = Field(Path("runs/demo"), description="Run directory; RUN/bench gets it.")
+    work: Path | None = Field(
+        None,
+        description="Scratch directory (default RUN/bench/corpus-work); the tiles written "
+        "there are kept and reused (the 10980 px one takes ~5 minutes).",
+    )
+    tiles: list[int] = Field([600, 10980], description="Tile sizes (px) of the memory runs.")
+    block_size: int = Field(512, ge=8, description="Ingest's --block-size in the memory runs.")
+    cells: int = Field(20, ge=2, description="Scattered cells of the reads run.")
+    plan_sizes: list[int] = Field(
+        [1_000, 10_000, 100_000], description="Corpus sizes (cells) planned from a snapshot."
+    )
+    plan_tiles: int = Field(200, ge=1, description="Sentinel-2 tiles of the planned world.")
+
+    def cli_cmd(self) -> None:
+        """Measure the four, model the cost, report."""
+        out = self.run_dir.resolve() / BENCH_DIR
+        work = (self.work or out / "corpus-work").resolve()
+        tiles = {}
+        for size in self.tiles:
+            items = work / f"tile-{size}" / "items.json"
+            if not items.exists():
+                console.print(f"writing a {size} px tile to {items.parent}")
+                write_big_tile(items.parent, size)
+            tiles[size] = items
+        console.print("memory: one unit of each tile, each in a fresh process")
+        memory = memory_per_task(tiles, work, block_size=self.block_size)
+        console.print(f"reads: {self.cells} cells over the served sample world")
+        reads = self._reads(work)
+        console.print(f"plan: {self.plan_sizes} cells from a snapshot of {self.plan_tiles} tiles")
+        plan = plan_scaling(work / "plan", tuple(self.plan_sizes), n_tiles=self.plan_tiles)
+        small, big = memory[0], memory[-1]
+        located = next(r for r in reads if r["how"] == "locations")
+        unit_chips = (located["wanted_px"] / max(located["units"], 1)) / 64**2
+        overhead = max(located["task_s_per_unit"] - unit_chips / big["chips_per_cpu_s"], 0.0)
+        cost = cost_model(big["chips_per_cpu_s"], overhead, big["cube_bytes_per_px"],
+                          plan[-1]["s_per_10k"])  # fmt: skip
+        figures = {
+            f"peak rss {big['tile_px']}/{small['tile_px']} px": [
+                big["peak_rss_mb"] / small["peak_rss_mb"]
+            ],
+            f"peak rss MB {big['tile_px']} px": [big["peak_rss_mb"]],
+            "grid px / wanted (locations)": [located["grid_per_wanted"]],
+            "s2 bytes sent / native (locations)": [located["s2_fetched_per_native"]],
+            f"plan s per 10k ({plan[-1]['cells']} cells)": [plan[-1]["s_per_10k"]],
+            "chips per cpu s": [big["chips_per_cpu_s"]],
+        }
+        aims = ("<= 1.2", "<= 1500", "<= 1.2", "", "flat in cells", "")
+        goals = dict(zip(figures, aims, strict=True))
+        rows = [{"memory": memory, "reads": reads, "plan": plan}]
+        report("corpus", out, figures, rows, self.model_dump(mode="json"), goals, {"cost": cost})
+        console.print_json(json.dumps(cost))
+
+    def _reads(self, work: Path) -> list[dict[str, Any]]:
+        world = work / "world"
+        generate_world(world, WorldConfig())
+        region = json.loads((world / "truth.json").read_text())["region"]
+        sample = SampleConfig(strategy="uniform", bbox=[tuple(region)], count=self.cells,
+                              min_distance_km=1.0)  # fmt: skip
+        locations = write_cells(sample_locations(sample), work / "locations.parquet")
+        with LocalServices(world, work / "services") as services:
+            return reads_per_wanted_pixel(services.stac_url, services.cog_url, locations,
+                                          work / "reads")  # fmt: skip
+
+
 class BenchCommand(Command):
     """Benchmarks: ratios against what users would use instead (see docs/benchmarks.md)."""
 
@@ -269,6 +341,7 @@ class BenchCommand(Command):
     train: CliSubCommand[BenchTrainCommand] = Field(description=BenchTrainCommand.__doc__)
     ingest: CliSubCommand[BenchIngestCommand] = Field(description=BenchIngestCommand.__doc__)
     masks: CliSubCommand[BenchMasksCommand] = Field(description=BenchMasksCommand.__doc__)
+    corpus: CliSubCommand[BenchCorpusCommand] = Field(description=BenchCorpusCommand.__doc__)
 
     def cli_cmd(self) -> None:
         """Dispatch to the chosen benchmark."""
