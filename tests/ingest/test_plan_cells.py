@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from counting import Counting  # tests/ingest is on sys.path
 from shapely.geometry import box, shape
 
 from ingest.catalog import open_catalog
@@ -19,21 +19,8 @@ from ingest.locations import SampleConfig, SampleError, read_cells, sample_locat
 from ingest.plan import SEASONS, Plan, Unit, season
 from ingest.plan_cells import make_cells_plan
 from ingest.run import run_ingest
-from ingest.snapshot import RecordingCatalog
 from ingest.sources import sentinel2
 from shards.chips import unit_origin
-
-
-class Counting(RecordingCatalog):
-    """A catalog that also keeps the box of every search."""
-
-    def __init__(self, catalog: Any) -> None:
-        super().__init__(catalog)
-        self.boxes: list[tuple[str, tuple[float, ...]]] = []
-
-    def search(self, collection: str, **filters: Any) -> list[Any]:  # type: ignore[override]
-        self.boxes.append((collection, tuple(filters["bbox"])))
-        return super().search(collection, **filters)
 
 
 @pytest.fixture

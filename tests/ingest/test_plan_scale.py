@@ -11,6 +11,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
+from counting import Counting  # tests/ingest is on sys.path
 from shapely.geometry import box, shape
 
 from infra.world.pc_world import FIRST_DATE, REVISIT_DAYS, pc_world, pick_tiles
@@ -18,23 +19,11 @@ from ingest.config import IngestConfig
 from ingest.locations import cells_of, read_cells, uniform_points, write_cells
 from ingest.plan import Plan, Unit
 from ingest.plan_cells import make_cells_plan
-from ingest.snapshot import RecordingCatalog, SnapshotCatalog, read_snapshot, write_snapshot
+from ingest.snapshot import SnapshotCatalog, read_snapshot, write_snapshot
 from ingest.sources import dem, sentinel2, worldcover
 
 ALPS = (8.0, 45.0, 14.0, 48.0)  # 28 tiles across the zone 32/33 boundary
 TILES, DATES = 6, 2
-
-
-class Counting(RecordingCatalog):
-    """A catalog that also keeps the collection and box of every search."""
-
-    def __init__(self, catalog: Any) -> None:
-        super().__init__(catalog)
-        self.boxes: list[tuple[str, tuple[float, ...]]] = []
-
-    def search(self, collection: str, **filters: Any) -> list[Any]:  # type: ignore[override]
-        self.boxes.append((collection, tuple(filters["bbox"])))
-        return super().search(collection, **filters)
 
 
 @pytest.fixture(scope="module")
