@@ -76,7 +76,7 @@ def make_cells_plan(cfg: IngestConfig, catalog: Searchable, cells: gpd.GeoDataFr
             seen = _one_per_acquisition(
                 [(tile, item) for tile, epsg, item, outline in outlines
                  if epsg == grid.epsg and outline.intersects(cell)],
-                str(name), cell,
+                str(name), grid, cell,
             )  # fmt: skip
             chosen = pick_scenes(seen, cfg.scenes_per_tile, cfg.spread_seasons, cell,
                                  per_season=cfg.seasons)  # fmt: skip
@@ -126,18 +126,28 @@ def _cell_grids(group: gpd.GeoDataFrame, chip_size: int) -> list[Grid]:
 
 
 def _one_per_acquisition(
-    candidates: list[tuple[str, dict]], tile: str, cell: BaseGeometry
+    candidates: list[tuple[str, dict]], tile: str, grid: Grid, cell: BaseGeometry
 ) -> list[dict]:
     """One scene per acquisition, of the tiles that show the cell.
 
-    Overlapping tiles show a cell in several products of one take: the product of the
-    cell's own tile is kept, else the one that shows most of the cell.
+    Overlapping tiles show a cell in several products of one take: a product whose tile
+    holds the whole cell first (a tile begins at its MGRS square's north and west edges,
+    so a cell there reaches into the neighbour, which holds it whole), then the cell's own
+    tile's, then the one that shows most of the cell.
     """
-    best: dict[tuple[str, str, int], tuple[tuple[bool, float, str], dict]] = {}
+    best: dict[tuple[str, str, int], tuple[tuple[bool, bool, float, str], dict]] = {}
     for own, item in candidates:
         key = (item["properties"]["datetime"][:19], sentinel2.platform_code(item),
                sentinel2.relative_orbit(item))  # fmt: skip
-        rank = (own != tile, -sentinel2.usable_share(item, cell), item["id"])
+        rank = (not _holds(item, grid), own != tile, -sentinel2.usable_share(item, cell),
+                item["id"])  # fmt: skip
         if key not in best or rank < best[key][0]:
             best[key] = (rank, item)
     return [item for _, item in best.values()]
+
+
+def _holds(item: dict, grid: Grid) -> bool:
+    """Whether the item's tile (its raster, in the grid's CRS) holds the whole grid."""
+    left, bottom, right, top = sentinel2.tile_bounds(item)
+    g_left, g_bottom, g_right, g_top = grid.bounds
+    return left <= g_left and g_right <= right and bottom <= g_bottom and g_top <= top

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from counting import Counting  # tests/ingest is on sys.path
+from pyproj import Transformer
 from shapely.geometry import box, shape
 
 from infra.world.pc_world import FIRST_DATE, REVISIT_DAYS, pc_world, pick_tiles
@@ -153,3 +154,32 @@ def test_the_indexed_search_returns_what_a_scan_does_in_the_same_order(tmp_path:
         for collection in (sentinel2.COLLECTION, dem.COLLECTION, worldcover.COLLECTION):
             ours = [i.id for i in snapshot.search(collection, **query)]
             assert ours == _brute_force(scanned, collection, **query), (collection, query)
+
+
+def test_a_cell_at_its_squares_north_edge_takes_the_neighbour_that_holds_it_whole(
+    tmp_path: Path,
+) -> None:
+    from infra.world.pc_items import StaticCatalog, dem_item, s2_item, worldcover_item
+    from infra.world.pc_world import mgrs_tiles
+
+    tiles = {(t.epsg, t.left, t.top): t for t in mgrs_tiles(ALPS)}
+    own = next(t for t in tiles.values() if (t.epsg, t.left, t.top + 100_000) in tiles)
+    north = tiles[(own.epsg, own.left, own.top + 100_000)]
+    # a point 100 m inside its square's north edge: named for `own`, its cell reaches north
+    to_lonlat = Transformer.from_crs(own.epsg, 4326, always_xy=True)
+    lon, lat = to_lonlat.transform(own.left + 50_000, own.top - 100)
+    cells = cells_of(np.array([lon]), np.array([lat]), 64)
+    assert cells.iloc[0]["mgrs"] == own.name and cells.iloc[0]["top"] > own.top
+
+    when = "2021-06-05T10:20:31.024000Z"  # one take: both tiles' products of it
+    scenes = [s2_item(t.name, t.epsg, t.left, t.top, when, orbit=65) for t in (own, north)]
+    dems = [dem_item(x, y) for x in range(8, 15) for y in range(44, 50)]
+    lcs = [worldcover_item(x, y, "v200") for x in (6, 9, 12) for y in (42, 45, 48)]
+    items = [*scenes, *dems, *lcs]
+    locations = write_cells(cells, tmp_path / "cells.parquet")
+    cfg = IngestConfig(locations=locations, start="2021-06-01", end="2021-06-30",
+                       max_cloud_cover=100.0, run_dir=str(tmp_path / "run"))  # fmt: skip
+
+    (unit,) = make_cells_plan(cfg, StaticCatalog(items), read_cells(locations)).units
+
+    assert unit.mgrs_tile == north.name  # own tile's raster ends at the square's edge
