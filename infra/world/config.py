@@ -24,9 +24,9 @@ class WorldConfig(BaseModel):
     tiles: int = Field(
         3,
         ge=2,
-        le=6,
-        description="Sentinel-2 tiles; they straddle the region's UTM zone boundary, half "
-        "in each zone.",
+        le=600,
+        description="Sentinel-2 tiles; rows of up to six straddle the region's UTM zone "
+        "boundary, half in each zone, one row after the other southwards.",
     )
     dates: int = Field(
         4,

@@ -18,6 +18,7 @@ ids, rasters of DEM/WorldCover cells) is wrapped to [-180, 180] by `stac_bbox` a
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TypeVar
@@ -169,28 +170,61 @@ def utm_epsg(lon: float) -> int:
     return 32600 + int(math.floor((wrap_lon(lon) + 180.0) / 6.0)) + 1
 
 
+ROW_TILES = 6  # tiles per row: three on each side of the zone boundary
+
+
 def tile_grids(cfg: WorldConfig) -> list[TileGrid]:
-    """Tiles alternate around the region's zone boundary, west ones in the western zone."""
+    """Rows of up to six tiles across the region's zone boundary, one after another southwards.
+
+    In a row, tiles alternate around the boundary, west ones in the western zone; rows
+    overlap as neighbouring tiles do. The first row's tiles take the region's names,
+    further rows' names are made up in the same style (zone, band, two letters), unique
+    within the world.
+    """
     region = REGIONS[cfg.region]
-    lat = region.center_lat
+    height_deg = cfg.tile_size * 10.0 / METERS_PER_DEG_LAT
+    names = _names(region)
+    grids = []
+    for row, first in enumerate(range(0, cfg.tiles, ROW_TILES)):
+        lat = region.center_lat - row * height_deg * (1.0 - TILE_OVERLAP)
+        count = min(ROW_TILES, cfg.tiles - first)
+        grids += _row(cfg, region, lat, count, names)
+    return grids
+
+
+def _names(region: Region) -> dict[int, Iterator[str]]:
+    """Per zone, its tile names in the order tiles take them: the region's, then made up."""
+
+    def zone_names(zone: int, given: tuple[str, ...]) -> Iterator[str]:
+        yield from given
+        prefix = given[0][:3]
+        letters = "ABCDEFGHJKLMNPQRSTUVWXYZ"  # MGRS skips I and O
+        for first in letters:
+            for second in letters:
+                if (name := prefix + first + second) not in given:
+                    yield name
+
+    return {zone: zone_names(zone, given) for zone, given in region.names.items()}
+
+
+def _row(
+    cfg: WorldConfig, region: Region, lat: float, count: int, names: dict[int, Iterator[str]]
+) -> list[TileGrid]:
+    """`count` tiles centred on `lat`, alternating around the zone boundary."""
     width_deg = cfg.tile_size * 10.0 / (METERS_PER_DEG_LAT * math.cos(math.radians(lat)))
     step = width_deg * (1.0 - TILE_OVERLAP)
-    n_west = (cfg.tiles + 1) // 2
+    n_west = (count + 1) // 2
     b = region.boundary_lon
     centers = [b - (k + 0.5) * step for k in range(n_west)]
-    centers += [b + (k + 0.5) * step for k in range(cfg.tiles - n_west)]
+    centers += [b + (k + 0.5) * step for k in range(count - n_west)]
     grids = []
-    used: dict[int, int] = {}
     for lon in sorted(centers):
         epsg = utm_epsg(lon)
-        zone = epsg - 32600
         x, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(wrap_lon(lon), lat)
         half = cfg.tile_size * 10.0 / 2
         left = math.floor((x - half) / 60.0) * 60.0
         top = math.ceil((y + half) / 60.0) * 60.0
-        name = region.names[zone][used.get(zone, 0)]
-        used[zone] = used.get(zone, 0) + 1
-        grids.append(TileGrid(name, epsg, left, top, cfg.tile_size, b))
+        grids.append(TileGrid(next(names[epsg - 32600]), epsg, left, top, cfg.tile_size, b))
     return grids
 
 

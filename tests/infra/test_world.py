@@ -589,3 +589,46 @@ def test_a_relative_output_path_gives_hrefs_that_resolve(
             href = asset.get_absolute_href()
             assert href is not None and ".tmp-" not in href, href
             assert Path(href).is_file(), href
+
+
+def test_a_world_of_many_tiles_is_rows_of_unique_tiles_that_plan_and_ingest(
+    tmp_path: Path,
+) -> None:
+    from ingest.config import IngestConfig
+    from ingest.locations import SampleConfig, read_cells, sample_locations, write_cells
+    from ingest.plan_cells import make_cells_plan
+    from ingest.run import process_unit
+    from ingest.snapshot import SnapshotCatalog, write_snapshot
+
+    world = tmp_path / "world"
+    generate_world(world, WorldConfig(tiles=30, dates=2, tile_size=120, markers_per_tile=0,
+                                      points_per_tile=1))  # fmt: skip
+    truth = json.loads((world / "truth.json").read_text())
+    tiles = truth["tiles"]
+    assert len({t["mgrs"] for t in tiles}) == 30  # unique names
+    tops = sorted({round(t["bbox"][3], 3) for t in tiles}, reverse=True)
+    assert len(tops) >= 5  # five rows of six, southwards
+    for top in tops[:5]:
+        row = [t for t in tiles if round(t["bbox"][3], 3) == top]
+        assert {t["epsg"] for t in row} == {32632, 32633}  # each row across the boundary
+
+    # its items, with hrefs made absolute, plan a scattered corpus and ingest a unit
+    items = []
+    for path in sorted((world / "stac").glob("*/*/*.json")):
+        item = json.loads(path.read_text())
+        for asset in item["assets"].values():
+            asset["href"] = str((path.parent / asset["href"]).resolve())
+        items.append(item)
+    snapshot = write_snapshot(items, tmp_path / "catalog.parquet")
+    sample = SampleConfig(strategy="uniform", bbox=[tuple(truth["region"])], count=40, seed=2)
+    locations = write_cells(sample_locations(sample), tmp_path / "cells.parquet")
+    cfg = IngestConfig(locations=locations, catalog_snapshot=snapshot, start="2021-01-01",
+                       end="2022-12-31", max_cloud_cover=100.0, scenes_per_tile=1,
+                       run_dir=str(tmp_path / "run"))  # fmt: skip
+    cells = read_cells(locations)
+    plan = make_cells_plan(cfg, SnapshotCatalog(snapshot), cells)
+    alone = [s for s in plan.skipped if s.item_id.startswith("cell ")]
+    assert len({u.target.name for u in plan.units}) + len(alone) == len(cells)
+    assert len({u.mgrs_tile for u in plan.units}) > 6  # beyond the first row's tiles
+    result = process_unit(plan.units[0], str(tmp_path / "cube.zarr"), 64, 4)
+    assert result.status == "done", result.reason
