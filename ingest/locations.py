@@ -20,6 +20,9 @@ Strategies:
 - `grid`: a regular grid over the AOIs (the whole world without one): rows every
   `spacing_km` of latitude, points every `spacing_km` along each row (Major TOM's layout).
 
+With `balance_landcover` (uniform, grid), `count` of the candidates are kept with the
+WorldCover classes taken in turn (`ingest.balance`).
+
 Cells are unique: points that fall in one cell give one row; `duplicates` in the summary
 counts them.
 """
@@ -44,8 +47,12 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
+from ingest.balance import balanced, landcover_at
+from ingest.catalog import PLANETARY_COMPUTER, open_catalog
 from ingest.config import Areas, bbox_geometry
 from ingest.grid import RESOLUTION_M, lonlat_footprint, parts
+from ingest.snapshot import SnapshotCatalog
+from ingest.sources import worldcover
 
 log = logging.getLogger(__name__)
 EARTH_RADIUS_KM = 6371.0088
@@ -74,6 +81,24 @@ class SampleConfig(Areas):
     spacing_km: float = Field(10.0, gt=0, description="grid: distance between grid points.")
     chip_size: int = Field(64, ge=8, le=2048, description="Chip size in 10 m pixels.")
     seed: int = Field(0, description="Seed of the uniform draw.")
+    balance_landcover: bool = Field(
+        False,
+        description="uniform, grid: keep `count` of `oversample` x as many candidates, the "
+        "WorldCover classes taken in turn (read from a coarse overview of the map).",
+    )
+    oversample: int = Field(
+        10, ge=1, le=1000, description="balance: candidates drawn per location kept."
+    )
+    catalog: str = Field(
+        PLANETARY_COMPUTER,
+        description="balance: `planetary-computer` or the URL of a STAC API with WorldCover.",
+    )
+    catalog_snapshot: Path | None = Field(
+        None, description="balance: a catalog snapshot (STAC GeoParquet) instead of --catalog."
+    )
+    worldcover_version: worldcover.Version = Field(
+        worldcover.LATEST, description="balance: which WorldCover map (v100: 2020, v200: 2021)."
+    )
     out: Path = Field(Path("locations.parquet"), description="GeoParquet file to write.")
 
     @model_validator(mode="after")
@@ -84,6 +109,9 @@ class SampleConfig(Areas):
             raise ValueError("strategy uniform needs --count N")
         if self.strategy == "uniform" and not (self.bbox or self.aoi_file):
             raise ValueError("strategy uniform needs an area: --bbox W,S,E,N or --aoi-file")
+        if self.balance_landcover and (self.strategy == "points" or self.count is None):
+            raise ValueError("--balance-landcover draws --count locations of the uniform or "
+                             "grid strategy")  # fmt: skip
         if self.points is not None and not Path(self.points).is_file():
             raise ValueError(f"points {self.points} does not exist")
         return self
@@ -96,10 +124,19 @@ def sample_locations(cfg: SampleConfig) -> gpd.GeoDataFrame:
         lon, lat = points_of(_read_geometries(cfg.points), cfg.chip_size)
     elif cfg.strategy == "uniform":
         assert cfg.count is not None
-        lon, lat = uniform_points(cfg.aois(), cfg.count, cfg.min_distance_km, cfg.seed)
+        wanted = cfg.count * (cfg.oversample if cfg.balance_landcover else 1)
+        lon, lat = uniform_points(cfg.aois(), wanted, cfg.min_distance_km, cfg.seed)
     else:
         lon, lat = grid_points(cfg.aois(), cfg.spacing_km)
-    return cells_of(lon, lat, cfg.chip_size)
+    cells = cells_of(lon, lat, cfg.chip_size)
+    if cfg.balance_landcover:  # over cells, not points: two candidates may share one
+        assert cfg.count is not None
+        catalog = (SnapshotCatalog(cfg.catalog_snapshot) if cfg.catalog_snapshot
+                   else open_catalog(cfg.catalog))  # fmt: skip
+        classes = landcover_at(cells["lon"].to_numpy(), cells["lat"].to_numpy(), catalog,
+                               cfg.worldcover_version)  # fmt: skip
+        cells = cells.iloc[balanced(classes, cfg.count, cfg.seed)].reset_index(drop=True)
+    return cells
 
 
 def _read_geometries(path: Path) -> list[BaseGeometry]:

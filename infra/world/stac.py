@@ -12,7 +12,9 @@ tiles end at 180°, so theirs never cross it.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import shapely
@@ -291,3 +293,18 @@ def collection(collection_id: str, bbox: list[float], start: str, end: str) -> d
         },
         "links": [],
     }
+
+
+def local_items(world: Path) -> list[dict[str, Any]]:
+    """A written world's items with absolute file paths as hrefs: a catalog with no server.
+
+    Written as a snapshot (`ingest.snapshot.write_snapshot`), they plan and ingest as the
+    served world does.
+    """
+    items = []
+    for path in sorted((Path(world) / "stac").glob("*/*/*.json")):
+        item = json.loads(path.read_text())
+        for asset in item["assets"].values():
+            asset["href"] = str((path.parent / asset["href"]).resolve())
+        items.append(item)
+    return items

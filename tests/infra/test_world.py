@@ -26,6 +26,7 @@ from infra.world import WorldConfig, WorldError, generate_world
 from infra.world.landscape import CHANGES_2020, bare_parcels, reflectance
 from infra.world.layout import dem_lon_factor, processing_baseline, utm_epsg
 from infra.world.sentinel2 import MARKER_SPECTRUM
+from infra.world.stac import local_items
 from ingest.sources import dem, sentinel2, worldcover
 
 SMALL = WorldConfig(tiles=2, dates=2, tile_size=120, markers_per_tile=1, points_per_tile=3)
@@ -613,13 +614,7 @@ def test_a_world_of_many_tiles_is_rows_of_unique_tiles_that_plan_and_ingest(
         assert {t["epsg"] for t in row} == {32632, 32633}  # each row across the boundary
 
     # its items, with hrefs made absolute, plan a scattered corpus and ingest a unit
-    items = []
-    for path in sorted((world / "stac").glob("*/*/*.json")):
-        item = json.loads(path.read_text())
-        for asset in item["assets"].values():
-            asset["href"] = str((path.parent / asset["href"]).resolve())
-        items.append(item)
-    snapshot = write_snapshot(items, tmp_path / "catalog.parquet")
+    snapshot = write_snapshot(local_items(world), tmp_path / "catalog.parquet")
     sample = SampleConfig(strategy="uniform", bbox=[tuple(truth["region"])], count=40, seed=2)
     locations = write_cells(sample_locations(sample), tmp_path / "cells.parquet")
     cfg = IngestConfig(locations=locations, catalog_snapshot=snapshot, start="2021-01-01",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -13,6 +15,8 @@ from pyproj import Transformer
 from shapely.geometry import Point, box, mapping
 
 from eomae.cli import main
+from infra.world.stac import local_items
+from ingest.balance import balanced, landcover_at
 from ingest.grid import chip_grid
 from ingest.locations import (
     EARTH_RADIUS_KM,
@@ -24,6 +28,7 @@ from ingest.locations import (
     sample_locations,
     uniform_points,
 )
+from ingest.snapshot import SnapshotCatalog, write_snapshot
 
 # Innsbruck; Santiago de Chile (south); Bergen (UTM 32V, Norway's exception to zone 31);
 # Fiji east of 180°; Alaska west of it
@@ -136,3 +141,39 @@ def test_sample_writes_geoparquet_and_bad_input_is_named(tmp_path: Path) -> None
     with pytest.raises(SampleError, match="outside lon -180..180, lat -80..84"):
         cells_of(np.array([10.0]), np.array([85.0]), 64)
     assert main(["sample", "--strategy", "uniform", "--bbox", "5,45,15,48"]) == 2  # no --count
+
+
+def test_balanced_takes_the_classes_in_turn_and_never_nodata() -> None:
+    classes = np.array([10] * 90 + [50] * 8 + [80] * 2 + [0] * 5, np.uint8)
+
+    chosen = balanced(classes, 12, seed=0)
+
+    assert len(set(chosen)) == 12
+    assert Counter(classes[chosen].tolist()) == {10: 5, 50: 5, 80: 2}
+    assert np.array_equal(balanced(classes, 12, seed=0), chosen)  # seeded
+
+
+def test_balanced_sampling_evens_out_the_worlds_land_cover(
+    world_dir: Path, truth: dict, tmp_path: Path
+) -> None:
+    snapshot = write_snapshot(local_items(world_dir), tmp_path / "catalog.parquet")
+    catalog = SnapshotCatalog(snapshot)
+    # the overview read gives the class of the world's ground-truth points
+    points = truth["points"]
+    read = landcover_at(np.array([p["lon"] for p in points]), np.array([p["lat"] for p in points]),
+                        catalog, "v200")  # fmt: skip
+    assert np.mean(read == np.array([p["landcover"] for p in points])) > 0.9
+
+    base = {"strategy": "uniform", "bbox": [tuple(truth["region"])], "count": 60, "seed": 3,
+            "catalog_snapshot": snapshot}  # fmt: skip
+    plain = sample_locations(SampleConfig(**base))
+    even = sample_locations(SampleConfig(**base, balance_landcover=True))
+
+    def shares(cells: Any) -> Counter[int]:
+        return Counter(landcover_at(cells["lon"].to_numpy(), cells["lat"].to_numpy(), catalog,
+                                    "v200").tolist())  # fmt: skip
+
+    plain_shares, even_shares = shares(plain), shares(even)
+    assert len(even) == 60 and 0 not in even_shares
+    assert max(even_shares.values()) < max(plain_shares.values())  # the commonest class less so
+    assert len(even_shares) >= len(plain_shares)  # no class lost
