@@ -164,8 +164,7 @@ def process_unit(
                 f"no {worldcover.COLLECTION} {unit.worldcover_version} item covers unit "
                 f"{unit.unit_id}"
             )
-        side = max(grid.width, grid.height) if block_size is None else block_size
-        for row, col, block in grid.blocks(side):
+        for row, col, block in grid.blocks(block_size or max(grid.width, grid.height)):
             t = time.perf_counter()
             arrays, covered, nbytes = read_block(unit, block, max_reads)
             read_s += time.perf_counter() - t
@@ -173,7 +172,7 @@ def process_unit(
                 raise RuntimeError(f"injected failure in {unit.unit_id}")
             tally.add(arrays, covered, nbytes)
             if writer is None:
-                writer = UnitWriter(open_cube(cube_url), unit.unit_id, grid, chip_size, side)
+                writer = UnitWriter(open_cube(cube_url), unit.unit_id, grid, chip_size, block_size)
             writer.write(row, col, arrays)
         if not tally.covered:
             raise ReadError(f"DEM and land cover do not cover unit {unit.unit_id}")
