@@ -24,6 +24,14 @@ Lon = TypeVar("Lon", float, np.ndarray)
 FOOTPRINT_POINTS_PER_EDGE = 32  # a UTM edge is curved in lon/lat; 32 points keep it within ~1 m
 
 
+def cell_id(epsg: int, left: float, top: float) -> str:
+    """EPSG_LEFT_TOP of a chip or grid: a location's id, the same on every date.
+
+    `eomae sample` names its cells so, and the shards their chips (`chip_id`).
+    """
+    return f"{epsg}_{int(left)}_{int(top)}"
+
+
 @dataclass(frozen=True)
 class Grid:
     """A north-up grid: CRS, origin, size in pixels. Origins are multiples of the chip extent."""
@@ -56,8 +64,8 @@ class Grid:
 
     @property
     def name(self) -> str:
-        """EPSG_LEFT_TOP: a one-chip grid's is its cell id and its chip's chip_id in shards."""
-        return f"{self.epsg}_{int(self.left)}_{int(self.top)}"
+        """Its `cell_id`: a one-chip grid's is its cell's and its chip's chip_id in shards."""
+        return cell_id(self.epsg, self.left, self.top)
 
     def footprint(self) -> BaseGeometry:
         """Where the grid lies in lon/lat (EPSG:4326), see `lonlat_footprint`."""

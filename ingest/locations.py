@@ -50,7 +50,7 @@ from shapely.ops import unary_union
 from ingest.balance import balanced, landcover_at
 from ingest.catalog import PLANETARY_COMPUTER, open_catalog
 from ingest.config import Areas, bbox_geometry
-from ingest.grid import RESOLUTION_M, lonlat_footprint, parts
+from ingest.grid import RESOLUTION_M, cell_id, lonlat_footprint, parts
 from ingest.snapshot import SnapshotCatalog
 from ingest.sources import worldcover
 
@@ -329,7 +329,7 @@ def cells_of(lon: np.ndarray, lat: np.ndarray, chip_size: int) -> gpd.GeoDataFra
         top[at] = (np.floor(np.asarray(y) / extent) + 1) * extent
     frame = pd.DataFrame({"epsg": epsg, "left": left, "top": top, "mgrs": tiles})
     corners = list(zip(frame.epsg, frame.left, frame.top, strict=True))
-    frame["cell"] = [f"{e}_{int(x)}_{int(y)}" for e, x, y in corners]  # = shards' chip_id
+    frame["cell"] = [cell_id(e, x, y) for e, x, y in corners]  # = shards' chip_id
     unique = frame.drop_duplicates("cell").copy()
     if len(unique) < len(frame):
         log.info("%d points fell in a cell another point had", len(frame) - len(unique))

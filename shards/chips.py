@@ -21,7 +21,7 @@ from shapely import STRtree
 from shapely.geometry.base import BaseGeometry
 
 from ingest.cube import COVERAGE_BITS, open_cube
-from ingest.grid import RESOLUTION_M, lonlat_footprint
+from ingest.grid import RESOLUTION_M, cell_id, lonlat_footprint
 from ingest.sources import sentinel2
 from shards.config import SPLITS, ShardConfig
 from shards.modalities import LC
@@ -51,7 +51,7 @@ class Chip:
     @property
     def chip_id(self) -> str:
         """The location: the same for every date of a tile."""
-        return f"{self.epsg}_{self.x0}_{self.y0}"
+        return cell_id(self.epsg, self.x0, self.y0)
 
     @property
     def key(self) -> str:
