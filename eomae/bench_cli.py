@@ -302,8 +302,8 @@ class BenchCorpusCommand(Command):
         plan = plan_scaling(work / "plan", tuple(self.plan_sizes), n_tiles=self.plan_tiles)
         small, big = memory[0], memory[-1]
         located = next(r for r in reads if r["how"] == "locations")
-        unit_chips = (located["wanted_px"] / max(located["units"], 1)) / 64**2
-        overhead = max(located["task_s_per_unit"] - unit_chips / big["chips_per_cpu_s"], 0.0)
+        chips = located["chips_per_unit"]
+        overhead = max(located["task_s_per_unit"] - chips / big["chips_per_cpu_s"], 0.0)
         cost = cost_model(big["chips_per_cpu_s"], overhead, big["cube_bytes_per_px"],
                           plan[-1]["s_per_10k"])  # fmt: skip
         figures = {

@@ -264,6 +264,7 @@ def reads_per_wanted_pixel(
             "plan_s": summary["plan_s"], "grid_px": grid_px, "wanted_px": wanted,
             "task_s_per_unit": (summary["read_s"] + summary["write_s"]) / max(len(units), 1),
             "grid_per_wanted": grid_px / max(wanted, 1),
+            "chips_per_unit": wanted / max(len(units), 1) / chip_size**2,
             "s2_bytes_per_wanted_px": s2_bytes / max(wanted, 1),
             "s2_fetched_per_native": s2_bytes / max(wanted, 1) / S2_NATIVE_BYTES_PER_PX,
         })  # fmt: skip
